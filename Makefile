@@ -1,0 +1,50 @@
+# cellplane: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all deps build test test-unit test-etcd test-net test-cni test-nginx test-control-api \
+        bench demo demo-clean lint fmt
+
+all: build
+
+## Install Debian packages and start Open vSwitch (idempotent; root).
+deps:
+	bash scripts/deps.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## Every test tier. Privileged tiers need root; with CELLPLANE_REQUIRE_PRIV=1 a missing
+## prerequisite fails instead of skipping.
+test: build
+	$(CARGO) test --workspace --no-fail-fast
+
+# Tiers, for running one at a time.
+test-unit:          ## pure logic, runs anywhere
+	$(CARGO) test -p cellplane-core
+test-etcd:          ## real etcd: IPAM invariants, watch, lease
+	$(CARGO) test -p cellplane-etcd
+test-net:           ## root: netns, netlink, OVS
+	$(CARGO) test -p cellplane-net
+test-cni:           ## root: the CNI binary against real OVS, netns, etcd
+	$(CARGO) test -p cellplane-cni
+test-nginx:         ## real nginx + etcd
+	$(CARGO) test -p cellplane-nginx-agent
+test-control-api:
+	$(CARGO) test -p cellplane-control-api
+
+## Benchmarks against real components; results in target/bench/*.json.
+bench:
+	$(CARGO) bench -p cellplane-etcd --bench ipam
+
+## The main job: a local demo cell. `make demo-clean` removes everything it created.
+demo: build
+	bash scripts/demo.sh
+demo-clean:
+	bash scripts/demo-clean.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+fmt:
+	$(CARGO) fmt --all

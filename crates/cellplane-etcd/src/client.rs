@@ -174,28 +174,72 @@ impl Etcd {
         }
     }
 
-    /// Every key under `prefix`, in key order, and the store revision of the read.
+    /// Every key under `prefix`, in key order, and the store revision of the read. Large ranges
+    /// are read in pages, all at the revision of the first page (one consistent snapshot).
     pub async fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64), EtcdError> {
-        self.list_with(prefix, GetOptions::new().with_prefix())
-            .await
+        self.list_paged(prefix, false, 0).await
+    }
+
+    /// Every key under `prefix` as of `revision` (0: now), and that revision.
+    pub async fn list_at(&self, prefix: &str, revision: i64) -> Result<(Vec<Kv>, i64), EtcdError> {
+        self.list_paged(prefix, false, revision).await
     }
 
     /// Keys only (values empty) under `prefix`, and the store revision of the read.
     pub async fn list_keys(&self, prefix: &str) -> Result<(Vec<Kv>, i64), EtcdError> {
-        self.list_with(prefix, GetOptions::new().with_prefix().with_keys_only())
-            .await
+        self.list_paged(prefix, true, 0).await
     }
 
-    async fn list_with(&self, prefix: &str, opts: GetOptions) -> Result<(Vec<Kv>, i64), EtcdError> {
-        let prefix = prefix.to_string();
+    /// The store's current revision.
+    pub async fn revision(&self) -> Result<i64, EtcdError> {
+        let key = self.keys.all();
         let resp = self
-            .call(
-                "list",
-                |mut c| async move { c.get(prefix, Some(opts)).await },
-            )
+            .call("get", |mut c| async move {
+                c.get(key, Some(GetOptions::new().with_count_only())).await
+            })
             .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok((resp.kvs().iter().map(Kv::from).collect(), rev))
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    async fn list_paged(
+        &self,
+        prefix: &str,
+        keys_only: bool,
+        mut revision: i64,
+    ) -> Result<(Vec<Kv>, i64), EtcdError> {
+        let end = prefix_end(prefix.as_bytes());
+        let mut out = Vec::new();
+        let mut start = prefix.as_bytes().to_vec();
+        let mut limit = LIST_PAGE_MIN;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(limit);
+            if keys_only {
+                opts = opts.with_keys_only();
+            }
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let key = start.clone();
+            let resp = self
+                .call("list", |mut c| async move { c.get(key, Some(opts)).await })
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let kvs = resp.kvs();
+            let bytes: usize = kvs.iter().map(|kv| kv.key().len() + kv.value().len()).sum();
+            out.extend(kvs.iter().map(Kv::from));
+            match (resp.more(), kvs.last()) {
+                (true, Some(last)) => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                    // size pages by bytes: small values, bigger pages (fewer round trips)
+                    let per_key = (bytes / kvs.len()).max(1) as i64;
+                    limit = (LIST_PAGE_BYTES / per_key).clamp(LIST_PAGE_MIN, LIST_PAGE_MAX);
+                }
+                _ => return Ok((out, revision)),
+            }
+        }
     }
 
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<i64, EtcdError> {
@@ -294,6 +338,24 @@ impl Etcd {
             .and_then([TxnOp::delete(key, None)]);
         Ok(self.txn(txn).await?.succeeded())
     }
+}
+
+/// Range reads go in pages: the first of `LIST_PAGE_MIN` keys, the next sized to about
+/// `LIST_PAGE_BYTES` from the keys seen so far, far below the gRPC client's 4 MiB message limit.
+const LIST_PAGE_MIN: i64 = 500;
+const LIST_PAGE_MAX: i64 = 20_000;
+const LIST_PAGE_BYTES: i64 = 1 << 20;
+
+/// The smallest key greater than every key starting with `prefix` (etcd's range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
 }
 
 /// A compare that holds while `key` is as it was read: absent when `mod_revision` is 0,

@@ -403,20 +403,28 @@ impl Ipam {
     }
 
     /// Every handle, keyed by `(container_id, ifname)`.
-    pub async fn handles(&self) -> Result<BTreeMap<(String, String), (HandleRecord, i64)>> {
+    pub async fn handles(&self) -> Result<Handles> {
         let keys = self.etcd.keys();
         let (kvs, _) = self.etcd.list(&keys.handles()).await?;
-        let mut out = BTreeMap::new();
-        for kv in kvs {
-            let id = keys
-                .parse_handle(&kv.key)
-                .ok_or_else(|| EtcdError::Decode {
-                    key: kv.key.clone(),
-                    reason: "not a handle key".into(),
-                })?;
-            out.insert(id, (kv.json()?, kv.mod_revision));
-        }
-        Ok(out)
+        decode_handles(keys, kvs)
+    }
+
+    /// Every block and every handle, read concurrently at one revision (a consistent view
+    /// for leak checks); returns that revision too.
+    pub async fn snapshot(&self) -> Result<(Vec<BlockState>, Handles, i64)> {
+        let keys = self.etcd.keys();
+        let rev = self.etcd.revision().await?;
+        let (blocks_prefix, handles_prefix) = (keys.all_blocks(), keys.handles());
+        let (blocks, handles) = tokio::try_join!(
+            self.etcd.list_at(&blocks_prefix, rev),
+            self.etcd.list_at(&handles_prefix, rev)
+        )?;
+        let blocks = blocks
+            .0
+            .iter()
+            .map(|kv| decode_block(keys, kv))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((blocks, decode_handles(keys, handles.0)?, rev))
     }
 
     /// Usage per pool, per node (and pool) and per block.
@@ -995,6 +1003,41 @@ impl Ipam {
     }
 }
 
+impl Ipam {
+    /// Gives a node's empty block back to the pool: deletes the block and its affinity, only
+    /// if the block is unchanged since `seen` and holds no allocation.
+    pub async fn release_block(&self, block: &BlockState) -> Result<()> {
+        let name = format!("{}/{}", block.pool, block.id);
+        if !block.record.allocations.is_empty() {
+            return Err(IpamError::Conflict {
+                what: "block",
+                name,
+                reason: format!("still holds {} addresses", block.record.allocations.len()),
+            });
+        }
+        let keys = self.etcd.keys();
+        let bkey = keys.block(&block.pool, &block.id);
+        let txn = Txn::new()
+            .when([guard(&bkey, block.mod_revision)])
+            .and_then([
+                TxnOp::delete(bkey.as_str(), None),
+                TxnOp::delete(
+                    keys.affinity(&block.record.node, &block.pool, &block.id),
+                    None,
+                ),
+            ]);
+        if !self.etcd.txn(txn).await?.succeeded() {
+            return Err(IpamError::Conflict {
+                what: "block",
+                name,
+                reason: "changed since it was read".into(),
+            });
+        }
+        info!(pool = %block.pool, block = %block.record.cidr, node = %block.record.node, "block released");
+        Ok(())
+    }
+}
+
 fn pool_of<'a>(pools: &'a [PoolRead], name: &str) -> &'a PoolRead {
     pools
         .iter()
@@ -1058,6 +1101,22 @@ fn decode_pools(keys: &cellplane_core::Keys, kvs: &[Kv]) -> Result<Vec<PoolRead>
             decode_pool(name, kv)
         })
         .collect()
+}
+
+type Handles = BTreeMap<(String, String), (HandleRecord, i64)>;
+
+fn decode_handles(keys: &cellplane_core::Keys, kvs: Vec<Kv>) -> Result<Handles> {
+    let mut out = BTreeMap::new();
+    for kv in kvs {
+        let id = keys
+            .parse_handle(&kv.key)
+            .ok_or_else(|| EtcdError::Decode {
+                key: kv.key.clone(),
+                reason: "not a handle key".into(),
+            })?;
+        out.insert(id, (kv.json()?, kv.mod_revision));
+    }
+    Ok(out)
 }
 
 fn decode_block(keys: &cellplane_core::Keys, kv: &Kv) -> Result<BlockState> {

@@ -156,3 +156,34 @@ async fn cas_and_create_if_absent() {
         "0 means: only if absent"
     );
 }
+
+#[tokio::test]
+async fn list_pages_through_large_ranges_at_one_revision() {
+    let server = EtcdServer::start();
+    let etcd = connect(&server).await;
+    let prefix = format!("{}/many/", etcd.keys().root());
+    // 1203 keys of 8 KiB: ~10 MB, more than one gRPC message may carry
+    let value = vec![b'x'; 8192];
+    for chunk in (0..1203).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<_> = chunk
+            .iter()
+            .map(|i| etcd_client::TxnOp::put(format!("{prefix}{i:05}"), value.clone(), None))
+            .collect();
+        etcd.txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+    }
+    etcd.put(
+        &format!("{}/many0", etcd.keys().root()),
+        "not under the prefix",
+    )
+    .await
+    .unwrap();
+    let (kvs, rev) = etcd.list(&prefix).await.unwrap();
+    assert_eq!(kvs.len(), 1203);
+    assert!(kvs.windows(2).all(|w| w[0].key < w[1].key));
+    assert!(kvs.iter().all(|kv| kv.mod_revision <= rev));
+    let (keys, _) = etcd.list_keys(&prefix).await.unwrap();
+    assert_eq!(keys.len(), 1203);
+    assert!(keys.iter().all(|kv| kv.value.is_empty()));
+}

@@ -2,6 +2,12 @@
 //! names with a unique prefix, and removes what it created on drop (also when a test panics).
 
 pub mod etcd;
+#[cfg(feature = "kube")]
+pub mod kube;
+pub mod netns;
+pub mod nginx;
+pub mod notify;
+pub mod ovs;
 
 /// Whether a test that needs `what` can run. Without it, the test is skipped with a message,
 /// unless `CELLPLANE_REQUIRE_PRIV=1` (CI sets it): then a missing prerequisite fails the test.

@@ -1,0 +1,194 @@
+//! `make bench`: ADD and DEL exec'd as a runtime does (fresh pod netns each), for cellplane
+//! (real etcd + private OVS, userspace bridge) and, side by side in the same run and by the
+//! same harness, the reference plugins (`bridge` + `host-local` from
+//! containernetworking-plugins). Writes `target/bench/cni.json`.
+//!
+//! `CELLPLANE_BENCH_N` sets the iterations (default 50).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cellplane_testkit::netns::unique_name;
+use common::*;
+use serde_json::{json, Value};
+
+const REF_DIR: &str = "/usr/lib/cni";
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Exec a reference plugin the way `Call` execs ours (same env handling, same setns).
+fn ref_call(node: &Node, command: &str, cid: &str, netns: &str, conf: &Value) -> Out {
+    let mut c = Call::new(node, command, conf).cid(cid).netns(netns);
+    c.args = Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=pod1");
+    let (mut cmd, _ns) = c.command();
+    // same Command, other program: rebuild it with the reference binary
+    let mut r = std::process::Command::new(format!("{REF_DIR}/bridge"));
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            r.env(k, v);
+        }
+    }
+    r.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            r.env(k, v);
+        }
+    }
+    r.env("CNI_PATH", REF_DIR);
+    let _ = &mut cmd;
+    let ns = std::fs::File::open(node.ns.path()).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
+    // SAFETY: setns only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut r, move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    r.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let t = std::time::Instant::now();
+    let mut child = r.spawn().expect("spawn reference bridge plugin");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&serde_json::to_vec(conf).unwrap()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: t.elapsed(),
+    }
+}
+
+fn target_dir() -> PathBuf {
+    // BIN is target/<profile>/cellplane
+    PathBuf::from(BIN)
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    if !privileged("bench cni") {
+        return;
+    }
+    let n: usize = std::env::var("CELLPLANE_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let store = Store::start().await;
+    store
+        .add_pool("vlan100-a", "10.244.0.0/22", 100, "10.244.0.1")
+        .await;
+    let mut node = Node::new("node-bench");
+    node.reach(&store.endpoint());
+    let mut conf = node.conf(&store.endpoint(), &store.prefix, &["vlan100-a"], "1.0.0");
+    conf["logLevel"] =
+        json!(std::env::var("CELLPLANE_BENCH_LOG").unwrap_or_else(|_| "info".into()));
+
+    let ref_data = tempfile::Builder::new().prefix("cpref").tempdir().unwrap();
+    let ref_conf = json!({
+        "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
+        "bridge": unique_name("cprb"), "isGateway": false, "ipMasq": false, "mtu": 1500,
+        "ipam": {"type": "host-local", "subnet": "10.246.0.0/22", "gateway": "10.246.0.1",
+                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ref_data.path()},
+    });
+
+    let (mut add, mut del, mut radd, mut rdel) = (vec![], vec![], vec![], vec![]);
+    // one warm-up of each (first block claim, first bridge creation)
+    for i in 0..n + 1 {
+        let (pa, pb) = (pod_ns(), pod_ns());
+        let (ca, cb) = (format!("bench-a{i}"), format!("bench-r{i}"));
+        // interleaved, so that both see the same machine conditions
+        let a = Call::new(&node, "ADD", &conf)
+            .cid(&ca)
+            .netns(&pa.path())
+            .run();
+        a.ok();
+        let ra = ref_call(&node, "ADD", &cb, &pb.path(), &ref_conf);
+        ra.ok();
+        let d = Call::new(&node, "DEL", &conf)
+            .cid(&ca)
+            .netns(&pa.path())
+            .run();
+        d.ok();
+        let rd = ref_call(&node, "DEL", &cb, &pb.path(), &ref_conf);
+        rd.ok();
+        if i > 0 {
+            add.push(ms(a.elapsed));
+            del.push(ms(d.elapsed));
+            radd.push(ms(ra.elapsed));
+            rdel.push(ms(rd.elapsed));
+        }
+    }
+    assert!(store.handles().await.is_empty());
+
+    // where our ADD's time goes, from the plugin's own log (alloc_ms / total_ms per ADD)
+    let log = std::fs::read_to_string(log_path(&node)).unwrap_or_default();
+    let field = |line: &str, key: &str| -> Option<f64> {
+        let i = line.find(&format!("{key}="))? + key.len() + 1;
+        line[i..].split_whitespace().next()?.parse().ok()
+    };
+    let p50_of = |marker: &str, key: &str| -> Value {
+        let mut v: Vec<f64> = log
+            .lines()
+            .filter(|l| l.contains(marker))
+            .filter_map(|l| field(l, key))
+            .collect();
+        if v.is_empty() {
+            Value::Null
+        } else {
+            json!(pct(&mut v, 0.5))
+        }
+    };
+    let breakdown = json!({
+        "add_netns_sockets_ms": p50_of("ADD done", "netns_ms"),
+        "del_ovsdb_ms": p50_of("DEL done", "ovs_ms"),
+        "del_veth_and_release_ms": p50_of("DEL done", "veth_and_release_ms"),
+        "del_in_process_ms": p50_of("DEL done", "total_ms"),
+        "main_to_exit_ms": p50_of("exiting", "process_ms"),
+    });
+    let (mut alloc, mut total) = (vec![], vec![]);
+    for l in log.lines().filter(|l| l.contains("ADD done")) {
+        if let (Some(a), Some(t)) = (field(l, "alloc_ms"), field(l, "total_ms")) {
+            alloc.push(a);
+            total.push(t);
+        }
+    }
+    let report = json!({
+        "n": n,
+        "add_p50_ms": pct(&mut add.clone(), 0.5), "add_p99_ms": pct(&mut add.clone(), 0.99),
+        "del_p50_ms": pct(&mut del.clone(), 0.5), "del_p99_ms": pct(&mut del.clone(), 0.99),
+        "ref_add_p50_ms": pct(&mut radd.clone(), 0.5), "ref_add_p99_ms": pct(&mut radd.clone(), 0.99),
+        "ref_del_p50_ms": pct(&mut rdel.clone(), 0.5), "ref_del_p99_ms": pct(&mut rdel.clone(), 0.99),
+        "add_in_process_p50_ms": if total.is_empty() { Value::Null } else { json!(pct(&mut total, 0.5)) },
+        "add_lock_and_ipam_p50_ms": if alloc.is_empty() { Value::Null } else { json!(pct(&mut alloc, 0.5)) },
+        "p50_breakdown_ms": breakdown,
+    });
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::write(dir.join("cni-plugin.log"), &log);
+    let path = dir.join("cni.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    println!("written to {}", path.display());
+}

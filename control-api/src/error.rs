@@ -1,0 +1,75 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[error("invalid setting {field}: {reason}")]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// Every failure a request can end in; mapped to a status and `{"error", "field"?}` once, here.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("token {principal} lacks scope {scope}")]
+    Forbidden {
+        principal: String,
+        scope: &'static str,
+    },
+    #[error("invalid {field}: {reason}")]
+    BadRequest { field: String, reason: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} was changed concurrently; retry")]
+    Conflict { what: String },
+    #[error(transparent)]
+    Etcd(#[from] cellplane_etcd::EtcdError),
+}
+
+impl From<cellplane_slb::SlbError> for ApiError {
+    fn from(e: cellplane_slb::SlbError) -> Self {
+        ApiError::BadRequest {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Etcd(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Etcd(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            ApiError::BadRequest { field, .. } => {
+                json!({ "error": self.to_string(), "field": field })
+            }
+            _ => json!({ "error": self.to_string() }),
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            if let Ok(v) = "Bearer".parse() {
+                resp.headers_mut()
+                    .insert(axum::http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+        resp
+    }
+}

@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all deps build test test-unit test-etcd test-net test-cni test-nginx test-control-api \
+
+.PHONY: all deps build package test-package test test-unit test-etcd test-net test-cni test-nginx test-cnictl test-control-api test-discovery \
         bench demo demo-clean lint fmt
 
 all: build
@@ -18,24 +19,41 @@ build:
 ## prerequisite fails instead of skipping.
 test: build
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) test-package
 
 # Tiers, for running one at a time.
 test-unit:          ## pure logic, runs anywhere
 	$(CARGO) test -p cellplane-core
 test-etcd:          ## real etcd: IPAM invariants, watch, lease
 	$(CARGO) test -p cellplane-etcd
-test-net:           ## root: netns, netlink, OVS
-	$(CARGO) test -p cellplane-net
+test-net:           ## root: netns, netlink, OVSDB client
+	$(CARGO) test -p cellplane-net -p cellplane-slb
 test-cni:           ## root: the CNI binary against real OVS, netns, etcd
 	$(CARGO) test -p cellplane-cni
 test-nginx:         ## real nginx + etcd
 	$(CARGO) test -p cellplane-nginx-agent
+test-cnictl:        ## real etcd + in-process Kubernetes API; --local with netns and OVS
+	$(CARGO) test -p cellplane-cnictl
 test-control-api:
 	$(CARGO) test -p cellplane-control-api
+test-discovery:     ## in-process Kubernetes API + real control-api, nginx-agent, nginx, wrk
+	$(CARGO) test -p cellplane-discovery
 
 ## Benchmarks against real components; results in target/bench/*.json.
 bench:
 	$(CARGO) bench -p cellplane-etcd --bench ipam
+	$(CARGO) bench -p cellplane-cnictl --bench check
+	$(CARGO) bench -p cellplane-cni --bench cni
+	$(CARGO) bench -p cellplane-nginx-agent --bench nginx
+	$(CARGO) bench -p cellplane-discovery --bench discovery
+	@echo; for f in target/bench/*.json; do echo "== $$f"; cat $$f; echo; done
+
+## .deb packages of every component into target/debian/ (release build).
+package:
+	bash packaging/build-debs.sh
+## Install, --version, systemd-analyze verify, conffile kept, remove, purge (root).
+test-package: package
+	bash scripts/package-test.sh
 
 ## The main job: a local demo cell. `make demo-clean` removes everything it created.
 demo: build

@@ -1,31 +1,40 @@
-# Shared by demo.sh and demo-clean.sh.
+# Shared by demo.sh and demo-clean.sh. Everything the demo creates is named cpdemo-* or lives
+# under $DEMO_DIR, and the whole cell runs inside the network namespace $NS: nothing of it
+# touches the host's interfaces or addresses.
 DEMO_DIR=${DEMO_DIR:-/tmp/cellplane-demo}
-say() { printf '\n\033[1m*** %s\033[0m\n' "$*"; }
+NS=cpdemo-cell
+BIN=${BIN:-$PWD/target/debug}
+ETCD=http://127.0.0.1:23790
+API=http://127.0.0.1:28080
+TOKEN=demo-token-0123456789abcdef
+OVSDB=unix:$DEMO_DIR/ovs/db.sock
+DOMAIN=web.demo.local
+LB_PORT=8081
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+say() { printf '\n\033[1m*** %s\033[0m\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+in_ns() { ip netns exec "$NS" "$@"; }
+ovs_env() { env OVS_RUNDIR="$DEMO_DIR/ovs" OVS_DBDIR="$DEMO_DIR/ovs" OVS_LOGDIR="$DEMO_DIR/ovs" OVS_SYSCONFDIR="$DEMO_DIR/ovs" "$@"; }
+vsctl() { ovs-vsctl --db="$OVSDB" --timeout=10 "$@"; }
+cnictl() { in_ns "$BIN/cnictl" --config "$DEMO_DIR/cnictl.toml" "$@"; }
+api() { # METHOD PATH [JSON]
+  in_ns curl -sS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    ${3:+--data "$3"} "$API$2"
 }
 
-demo_etcd_start() {
-  mkdir -p "$DEMO_DIR"
-  if [ -f "$DEMO_DIR/etcd.pid" ] && kill -0 "$(cat "$DEMO_DIR/etcd.pid")" 2>/dev/null; then
-    DEMO_ETCD=$(cat "$DEMO_DIR/etcd.endpoint")
-    return
-  fi
-  local cport pport
-  cport=$(free_port); pport=$(free_port)
-  DEMO_ETCD="http://127.0.0.1:$cport"
-  etcd --name cellplane-demo --data-dir "$DEMO_DIR/etcd" \
-    --listen-client-urls "$DEMO_ETCD" --advertise-client-urls "$DEMO_ETCD" \
-    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-    --initial-cluster "cellplane-demo=http://127.0.0.1:$pport" --log-level warn --logger zap \
-    >"$DEMO_DIR/etcd.log" 2>&1 &
-  echo $! >"$DEMO_DIR/etcd.pid"
-  echo "$DEMO_ETCD" >"$DEMO_DIR/etcd.endpoint"
-  for _ in $(seq 1 100); do
-    if ETCDCTL_API=3 etcdctl --endpoints "$DEMO_ETCD" endpoint health >/dev/null 2>&1; then return; fi
+wait_for() { # DESCRIPTION SECONDS COMMAND...
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq 1 $((secs * 10))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.1
   done
-  echo "demo: etcd did not start; see $DEMO_DIR/etcd.log" >&2
-  exit 1
+  echo "demo: $what did not happen within ${secs}s" >&2
+  return 1
+}
+
+# background DAEMON-NAME COMMAND...: runs in the cell namespace, pid in $DEMO_DIR/NAME.pid
+background() {
+  local name=$1; shift
+  ip netns exec "$NS" "$@" >"$DEMO_DIR/$name.log" 2>&1 &
+  echo $! >"$DEMO_DIR/$name.pid"
 }

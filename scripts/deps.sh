@@ -8,7 +8,7 @@ PACKAGES=(
   openvswitch-switch                           # bridges for pods (datapath_type=netdev)
   nginx libnginx-mod-http-lua lua-cjson        # load balancer with reload-free upstreams
   protobuf-compiler libprotobuf-dev            # etcd-client's build
-  iproute2 iputils-ping procps psmisc          # namespaces, veth, ping, pkill
+  iproute2 iputils-ping procps psmisc ethtool  # namespaces, veth, ping, pkill, offloads
   podman runc buildah skopeo docker-registry   # a real CNI runtime; image build and push
   containernetworking-plugins                  # the reference CNI plugins, for benchmarks
   busybox-static                               # a tiny rootfs for demo "pods"

@@ -4,7 +4,7 @@ CARGO ?= cargo
 
 
 .PHONY: all deps build package test-package test test-unit test-etcd test-net test-cni test-nginx test-cnictl test-control-api test-discovery \
-        bench demo demo-clean lint fmt
+        bench demo demo-clean demo-check lint fmt
 
 all: build
 
@@ -60,6 +60,9 @@ demo: build
 	bash scripts/demo.sh
 demo-clean:
 	bash scripts/demo-clean.sh
+## CI: the demo, then demo-clean, then a check that nothing was left behind.
+demo-check: build
+	bash scripts/demo-check.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

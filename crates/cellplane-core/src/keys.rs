@@ -120,6 +120,9 @@ impl Keys {
     pub fn build_agent(&self, agent: &str) -> String {
         self.k(format_args!("builds/agents/{agent}"))
     }
+    pub fn all_build_tasks(&self) -> String {
+        self.k(format_args!("builds/tasks/"))
+    }
     pub fn build_tasks(&self, agent: &str) -> String {
         self.k(format_args!("builds/tasks/{agent}/"))
     }
@@ -128,6 +131,9 @@ impl Keys {
     }
     pub fn build_status(&self, build: &str) -> String {
         self.k(format_args!("builds/status/{build}"))
+    }
+    pub fn all_build_status(&self) -> String {
+        self.k(format_args!("builds/status/"))
     }
 }
 

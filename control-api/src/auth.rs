@@ -11,9 +11,12 @@ pub enum Scope {
     /// Every GET.
     #[serde(rename = "read")]
     Read,
-    /// SLB domain and upstream writes (and SLB reads).
+    /// SLB domain and upstream writes (and reads).
     #[serde(rename = "slb:write")]
     SlbWrite,
+    /// Build submit and cancel (and reads).
+    #[serde(rename = "builds:write")]
+    BuildsWrite,
     /// Everything.
     #[serde(rename = "admin")]
     Admin,
@@ -24,13 +27,16 @@ impl Scope {
         match self {
             Scope::Read => "read",
             Scope::SlbWrite => "slb:write",
+            Scope::BuildsWrite => "builds:write",
             Scope::Admin => "admin",
         }
     }
 
     /// Does holding `self` grant `wanted`?
     fn grants(self, wanted: Scope) -> bool {
-        self == wanted || self == Scope::Admin || (self == Scope::SlbWrite && wanted == Scope::Read)
+        self == wanted
+            || self == Scope::Admin
+            || (wanted == Scope::Read && matches!(self, Scope::SlbWrite | Scope::BuildsWrite))
     }
 }
 
@@ -46,7 +52,7 @@ pub struct Tokens {
 }
 
 /// Compares without an early exit on the first differing byte.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

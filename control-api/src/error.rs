@@ -27,6 +27,15 @@ pub enum ApiError {
     NotFound { what: String },
     #[error("{what} was changed concurrently; retry")]
     Conflict { what: String },
+    /// The target exists but is in a state that refuses the request (e.g. a finished build).
+    #[error("{what}")]
+    WrongState { what: String },
+    /// A dependency the request needs is missing (e.g. no build agent registered).
+    #[error("{reason}")]
+    Unavailable { reason: String },
+    /// A build agent behind a proxied request is gone or failed.
+    #[error("{reason}")]
+    BadGateway { reason: String },
     #[error(transparent)]
     Etcd(#[from] cellplane_etcd::EtcdError),
 }
@@ -40,6 +49,34 @@ impl From<cellplane_slb::SlbError> for ApiError {
     }
 }
 
+impl From<cellplane_build::InvalidInput> for ApiError {
+    fn from(e: cellplane_build::InvalidInput) -> Self {
+        ApiError::BadRequest {
+            field: e.field.into(),
+            reason: format!("{:?}: {}", e.value, e.reason),
+        }
+    }
+}
+
+impl From<cellplane_build::DispatchError> for ApiError {
+    fn from(e: cellplane_build::DispatchError) -> Self {
+        use cellplane_build::DispatchError as D;
+        match e {
+            D::NoAgents => ApiError::Unavailable {
+                reason: "no build agent is registered (builds/agents/ is empty); start a build-agent and submit again".into(),
+            },
+            D::NotFound(build) => ApiError::NotFound {
+                what: format!("build {build}"),
+            },
+            D::AlreadyExists(build) | D::Conflict { build, .. } => ApiError::Conflict {
+                what: format!("build {build}"),
+            },
+            e @ D::Finished { .. } => ApiError::WrongState { what: e.to_string() },
+            D::Etcd(e) => ApiError::Etcd(e),
+        }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -47,7 +84,9 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::WrongState { .. } => StatusCode::CONFLICT,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Etcd(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Etcd(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

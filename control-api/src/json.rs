@@ -15,7 +15,16 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if inner.is_syntax() || inner.is_eof() || path == "." {
+        let field = if inner.is_syntax() || inner.is_eof() {
+            "body".to_string()
+        } else if let Some(name) = named_field(&inner.to_string()) {
+            // a missing field, or one deny_unknown_fields refuses: name it
+            match path.as_str() {
+                "." => name.to_string(),
+                p if p.ends_with(name) => p.to_string(),
+                p => format!("{p}.{name}"),
+            }
+        } else if path == "." {
             "body".to_string()
         } else {
             path
@@ -26,6 +35,15 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         }
     })?;
     Ok(value)
+}
+
+/// The name in serde's "unknown field `x`, expected ..." and "missing field `x`" messages.
+fn named_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?
+        .split_once('`')
+        .map(|(name, _)| name)
 }
 
 #[cfg(test)]
@@ -56,7 +74,22 @@ mod tests {
             field::<UpstreamList>(r#"{"servers":[{"addr":"1.2.3.4:80","weight":"x"}]}"#),
             "servers[0].weight"
         );
-        let f = field::<DomainConfig>(r#"{"raw_nginx":"x"}"#);
-        assert!(f == "body" || f == "raw_nginx" || f == ".", "{f}");
+        assert_eq!(field::<DomainConfig>(r#"{"raw_nginx":"x"}"#), "raw_nginx");
+        assert_eq!(
+            field::<cellplane_build::BuildRequest>(
+                r#"{"repo":"file:///r","ref":"main","image":"a/b","tga":"x"}"#
+            ),
+            "tga"
+        );
+        assert_eq!(
+            field::<cellplane_build::BuildRequest>(
+                r#"{"repo":"file:///r","ref":"main","image":"a/b","compile":{"image":"i","command":"c","x":1}}"#
+            ),
+            "compile.x"
+        );
+        assert_eq!(
+            field::<cellplane_build::BuildRequest>(r#"{"ref":"main","image":"a/b"}"#),
+            "repo"
+        );
     }
 }

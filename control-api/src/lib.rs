@@ -1,7 +1,9 @@
 //! control-api: stateless HTTP/JSON over etcd. This crate serves the SLB routes (domains,
-//! upstreams, members), `/healthz` and `/metrics`; later issues add pools, builds and the
-//! webhook as further modules under `routes/`.
+//! upstreams, members), builds (submit, status, cancel, log proxy, agents), the GitLab push
+//! webhook, `/healthz` and `/metrics`, and runs the recovery of lost build agents' tasks; a
+//! later issue adds pools as a further module under `routes/`.
 
+pub mod agent_client;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -11,6 +13,7 @@ pub mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cellplane_etcd::Etcd;
 use tracing::info;
@@ -18,6 +21,9 @@ use tracing::info;
 pub use config::{ApiConfig, Cli, TokenConfig};
 pub use error::{ApiError, ConfigError};
 pub use routes::{router, AppState};
+
+/// How long the stopped recovery loop may take to finish the agent it is handling.
+const RECOVERY_STOP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -35,17 +41,28 @@ pub enum RunError {
     Serve(#[source] std::io::Error),
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// Serves until `shutdown` resolves, then drains in-flight requests (followed build logs are
+/// ended). Also runs the recovery of lost build agents' tasks for as long as it serves.
 pub async fn run(
     config: ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate()?;
+    let webhook = routes::webhook::Webhook {
+        gitlab_secret: config.webhook.secret()?,
+        projects: config.webhook.projects.clone(),
+    };
     let etcd = Etcd::connect(&config.etcd).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         etcd,
         tokens: Arc::new(auth::Tokens::new(config.tokens.clone())),
         metrics: Arc::new(metrics::Metrics::default()),
+        agents: agent_client::AgentClient::new(Duration::from_millis(
+            config.builds.agent_timeout_ms,
+        )),
+        webhook: Arc::new(webhook),
+        shutdown: stop_rx.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -68,6 +85,19 @@ pub async fn run(
             }
         })
     });
+    let mut recovery_stop = stop_rx;
+    let recovery = tokio::spawn(cellplane_build::dispatch::run_recovery(
+        state.etcd.clone(),
+        Duration::from_secs(config.builds.recovery_rescan_secs),
+        async move {
+            // also ends if `run` returns early and drops the sender
+            let _ = recovery_stop.wait_for(|stopping| *stopping).await;
+        },
+    ));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
@@ -75,6 +105,14 @@ pub async fn run(
     notifier.stopping();
     if let Some(w) = watchdog {
         w.abort();
+    }
+    let recovery_abort = recovery.abort_handle();
+    if tokio::time::timeout(RECOVERY_STOP_WAIT, recovery)
+        .await
+        .is_err()
+    {
+        tracing::warn!("build recovery did not stop in time; aborted");
+        recovery_abort.abort();
     }
     served?;
     info!("control-api stopped");

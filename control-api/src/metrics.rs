@@ -10,6 +10,8 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     /// (route, outcome) -> count; outcome: written, unchanged, refused
     writes: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// source (`api`, `webhook`) -> builds dispatched to an agent
+    builds_submitted: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -23,6 +25,12 @@ impl Metrics {
     pub fn write(&self, route: &str, outcome: &'static str) {
         if let Ok(mut m) = self.writes.lock() {
             *m.entry((route.to_string(), outcome)).or_default() += 1;
+        }
+    }
+
+    pub fn build_submitted(&self, source: &'static str) {
+        if let Ok(mut m) = self.builds_submitted.lock() {
+            *m.entry(source).or_default() += 1;
         }
     }
 
@@ -40,6 +48,15 @@ impl Metrics {
                 let _ = writeln!(
                     o,
                     "cellplane_api_writes_total{{route=\"{route}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        o.push_str("# HELP cellplane_api_builds_submitted_total builds dispatched to an agent, by source (api, webhook)\n# TYPE cellplane_api_builds_submitted_total counter\n");
+        if let Ok(m) = self.builds_submitted.lock() {
+            for (source, n) in m.iter() {
+                let _ = writeln!(
+                    o,
+                    "cellplane_api_builds_submitted_total{{source=\"{source}\"}} {n}"
                 );
             }
         }

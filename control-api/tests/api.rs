@@ -47,6 +47,7 @@ impl Api {
                     scopes: vec![Scope::Read],
                 },
             ],
+            ..ApiConfig::default()
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {

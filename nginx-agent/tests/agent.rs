@@ -333,6 +333,7 @@ async fn control_api_to_nginx_end_to_end() {
             token: token.into(),
             scopes: vec![cellplane_control_api::auth::Scope::SlbWrite],
         }],
+        ..Default::default()
     };
     let (stop_api, rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(cellplane_control_api::run(api_cfg, async {

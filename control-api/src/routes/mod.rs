@@ -1,7 +1,11 @@
-//! The router, one module per area: `slb` (this issue); pools and builds come later.
+//! The router, one module per area: `slb`, `builds`, `webhook` (GitLab), `ops` (health,
+//! metrics); `audit` holds what every write shares. Pools come later.
 
+pub mod audit;
+pub mod builds;
 pub mod ops;
 pub mod slb;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -11,6 +15,7 @@ use axum::response::Response;
 use axum::Router;
 use cellplane_etcd::Etcd;
 
+use crate::agent_client::AgentClient;
 use crate::auth::Tokens;
 use crate::metrics::Metrics;
 
@@ -19,11 +24,18 @@ pub struct AppState {
     pub etcd: Etcd,
     pub tokens: Arc<Tokens>,
     pub metrics: Arc<Metrics>,
+    /// Talks to build agents (the log proxy).
+    pub agents: AgentClient,
+    pub webhook: Arc<webhook::Webhook>,
+    /// Becomes `true` when the API shuts down: ends streamed responses (followed logs).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(slb::routes())
+        .merge(builds::routes())
+        .merge(webhook::routes())
         .merge(ops::routes())
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)

@@ -23,10 +23,11 @@ use cellplane_slb::{
 };
 use serde::Serialize;
 use serde_json::json;
-use tracing::{info, instrument, warn};
+use tracing::instrument;
 
+use super::audit::{audit, authorize_write, Write};
 use super::AppState;
-use crate::auth::{Principal, Scope};
+use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::json::parse;
 
@@ -57,41 +58,6 @@ fn check_path(group: &str, domain: &str) -> Result<(), ApiError> {
     check_group(group)?;
     validate_domain_name("domain", domain)?;
     Ok(())
-}
-
-/// Authorizes a write; a refusal is audited here.
-fn authorize_write(
-    s: &AppState,
-    headers: &HeaderMap,
-    route: &str,
-    action: &str,
-    target: &str,
-) -> Result<Principal, ApiError> {
-    s.tokens
-        .authorize(headers, Scope::SlbWrite)
-        .inspect_err(|e| audit(s, None, route, action, target, Err(e)))
-}
-
-/// Every write ends here: one audit line with who, what and how it ended.
-fn audit(
-    s: &AppState,
-    who: Option<&Principal>,
-    route: &str,
-    action: &str,
-    target: &str,
-    r: Result<&'static str, &ApiError>,
-) {
-    let principal = who.map(|p| p.name.as_str()).unwrap_or("-");
-    match r {
-        Ok(outcome) => {
-            s.metrics.write(route, outcome);
-            info!(target: "audit", principal, action, target, outcome, "write");
-        }
-        Err(e) => {
-            s.metrics.write(route, "refused");
-            warn!(target: "audit", principal, action, target, status = e.status().as_u16(), error = %e, "write refused");
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -179,7 +145,12 @@ async fn put_domain(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let target = format!("{group}/{domain}");
-    let who = authorize_write(&s, &headers, DOMAIN_ROUTE, "put domain", &target)?;
+    let w = Write {
+        route: DOMAIN_ROUTE,
+        action: "put domain",
+        target: &target,
+    };
+    let who = authorize_write(&s, &headers, Scope::SlbWrite, &w)?;
     let r = async {
         check_path(&group, &domain)?;
         let config: DomainConfig = parse(&body)?;
@@ -210,14 +181,7 @@ async fn put_domain(
         Err(ApiError::Conflict { what: key.clone() })
     }
     .await;
-    audit(
-        &s,
-        Some(&who),
-        DOMAIN_ROUTE,
-        "put domain",
-        &target,
-        r.as_ref().map(|(o, _)| *o),
-    );
+    audit(&s, Some(&who.name), &w, r.as_ref().map(|(o, _)| *o));
     let (outcome, revision) = r?;
     let status = if outcome == "created" {
         StatusCode::CREATED
@@ -239,7 +203,12 @@ async fn delete_domain(
     Path((group, domain)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let target = format!("{group}/{domain}");
-    let who = authorize_write(&s, &headers, DOMAIN_ROUTE, "delete domain", &target)?;
+    let w = Write {
+        route: DOMAIN_ROUTE,
+        action: "delete domain",
+        target: &target,
+    };
+    let who = authorize_write(&s, &headers, Scope::SlbWrite, &w)?;
     let r = async {
         check_path(&group, &domain)?;
         // the trailing '/' keeps a.example.com from matching a.example.com.cn
@@ -252,14 +221,7 @@ async fn delete_domain(
         }
     }
     .await;
-    audit(
-        &s,
-        Some(&who),
-        DOMAIN_ROUTE,
-        "delete domain",
-        &target,
-        r.as_ref().copied(),
-    );
+    audit(&s, Some(&who.name), &w, r.as_ref().copied());
     r?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -289,7 +251,12 @@ async fn put_upstreams(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let target = format!("{group}/{domain}");
-    let who = authorize_write(&s, &headers, UPSTREAMS_ROUTE, "put upstreams", &target)?;
+    let w = Write {
+        route: UPSTREAMS_ROUTE,
+        action: "put upstreams",
+        target: &target,
+    };
+    let who = authorize_write(&s, &headers, Scope::SlbWrite, &w)?;
     let r = async {
         check_path(&group, &domain)?;
         let mut list: UpstreamList = parse(&body)?;
@@ -326,14 +293,7 @@ async fn put_upstreams(
         Err(ApiError::Conflict { what: key.clone() })
     }
     .await;
-    audit(
-        &s,
-        Some(&who),
-        UPSTREAMS_ROUTE,
-        "put upstreams",
-        &target,
-        r.as_ref().map(|(o, _)| *o),
-    );
+    audit(&s, Some(&who.name), &w, r.as_ref().map(|(o, _)| *o));
     let (outcome, revision) = r?;
     Ok(Json(
         json!({ "domain": domain, "changed": outcome != "unchanged", "revision": revision }),

@@ -46,6 +46,7 @@ impl ControlApi {
                 token: TOKEN.into(),
                 scopes: vec![cellplane_control_api::auth::Scope::SlbWrite],
             }],
+            ..Default::default()
         };
         let mut api = ControlApi {
             addr,

@@ -16,6 +16,38 @@ use crate::version::SpecVersion;
 pub const DEFAULT_OVSDB: &str = "unix:/var/run/openvswitch/db.sock";
 pub const DEFAULT_LOCK_FILE: &str = "/run/cellplane/ipam.lock";
 
+/// `txChecksumOffload`: what ADD does with TX checksum offload on both veth ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxChecksumOffload {
+    /// Off when the bridge's `datapath_type` is `netdev` (OVS userspace datapath, which does
+    /// not complete offloaded checksums: TCP between pods would fail), else left on.
+    #[default]
+    Auto,
+    /// Left as the kernel made it (on).
+    On,
+    /// Always turned off.
+    Off,
+}
+
+impl TxChecksumOffload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxChecksumOffload::Auto => "auto",
+            TxChecksumOffload::On => "on",
+            TxChecksumOffload::Off => "off",
+        }
+    }
+
+    /// Whether to turn offload off, given the bridge's `datapath_type`.
+    pub fn turn_off(self, datapath_type: &str) -> bool {
+        match self {
+            TxChecksumOffload::Auto => datapath_type == "netdev",
+            TxChecksumOffload::On => false,
+            TxChecksumOffload::Off => true,
+        }
+    }
+}
+
 /// A validated plugin configuration.
 #[derive(Debug, Clone)]
 pub struct NetConf {
@@ -29,6 +61,7 @@ pub struct NetConf {
     pub ovsdb: String,
     pub ovsdb_timeout: Duration,
     pub gratuitous_arp: bool,
+    pub tx_checksum_offload: TxChecksumOffload,
     pub lock_file: PathBuf,
     pub lock_timeout: Duration,
     pub log_file: Option<PathBuf>,
@@ -208,6 +241,17 @@ impl NetConf {
             .map_err(|e| CniError::invalid_config("ovsdb", e))?;
         let ovsdb_timeout = Duration::from_millis(o.u64("ovsdbTimeoutMs")?.unwrap_or(2000).max(1));
         let gratuitous_arp = o.bool("gratuitousArp")?.unwrap_or(true);
+        let tx_checksum_offload = match o.str("txChecksumOffload")? {
+            None | Some("auto") => TxChecksumOffload::Auto,
+            Some("on") => TxChecksumOffload::On,
+            Some("off") => TxChecksumOffload::Off,
+            Some(other) => {
+                return Err(CniError::invalid_config(
+                    "txChecksumOffload",
+                    format!("{other:?} is not one of auto, on, off"),
+                ))
+            }
+        };
         let lock_file = PathBuf::from(o.str("lockFile")?.unwrap_or(DEFAULT_LOCK_FILE));
         if !lock_file.is_absolute() {
             return Err(CniError::invalid_config(
@@ -267,6 +311,7 @@ impl NetConf {
             ovsdb,
             ovsdb_timeout,
             gratuitous_arp,
+            tx_checksum_offload,
             lock_file,
             lock_timeout,
             log_file,
@@ -293,6 +338,24 @@ mod tests {
         assert_eq!(c.mtu, 1500);
         assert_eq!(c.etcd.timeout_ms, 500);
         assert!(c.gratuitous_arp);
+        assert_eq!(c.tx_checksum_offload, TxChecksumOffload::Auto);
+        assert!(c.tx_checksum_offload.turn_off("netdev"));
+        assert!(!c.tx_checksum_offload.turn_off("system"));
+        assert!(!c.tx_checksum_offload.turn_off(""));
+        for (v, want) in [
+            ("auto", TxChecksumOffload::Auto),
+            ("on", TxChecksumOffload::On),
+            ("off", TxChecksumOffload::Off),
+        ] {
+            let c = parse(&format!(
+                r#"{{"cniVersion":"1.0.0","bridge":"b","node":"n","txChecksumOffload":"{v}"}}"#
+            ))
+            .unwrap();
+            assert_eq!(c.tx_checksum_offload, want);
+            assert_eq!(want.as_str(), v);
+        }
+        assert!(!TxChecksumOffload::On.turn_off("netdev"));
+        assert!(TxChecksumOffload::Off.turn_off("system"));
         let cases: &[(&str, u32, &str)] = &[
             ("{", 6, "decoding"),
             ("[1]", 6, "object"),
@@ -338,6 +401,16 @@ mod tests {
                 r#"{"cniVersion":"1.0.0","bridge":"b","node":"n","gratuitousArp":"yes"}"#,
                 7,
                 "gratuitousArp",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","bridge":"b","node":"n","txChecksumOffload":"maybe"}"#,
+                7,
+                "\"txChecksumOffload\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","bridge":"b","node":"n","txChecksumOffload":false}"#,
+                7,
+                "\"txChecksumOffload\"",
             ),
             (
                 r#"{"cniVersion":"1.0.0","bridge":"b","node":"n","lockFile":"rel"}"#,

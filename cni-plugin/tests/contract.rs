@@ -113,11 +113,25 @@ async fn add_check_del_del() {
         .netns(&p)
         .run()
         .ok();
-    assert!(node.plugin_links().is_empty(), "{:?}", node.plugin_links());
+    // the port and the allocation are gone when DEL answers; the veth right after
     assert!(node.plugin_ports().is_empty());
-    assert_eq!(pod.links(), vec!["lo".to_string()]);
     assert!(store.handles().await.is_empty());
     assert_eq!(store.allocations().await, 0);
+    // DEL again at once (the veth may still be being deleted), and CHECK after DEL: the
+    // attachment is unknown (3)
+    Call::new(&node, "DEL", &conf)
+        .cid("c-acdd")
+        .netns(&p)
+        .run()
+        .ok();
+    let chk = Call::new(&node, "CHECK", &with_prev(&conf, &r))
+        .cid("c-acdd")
+        .netns(&p)
+        .run();
+    assert_eq!(chk.err_code(), 3, "{}", chk.stdout);
+    let left = node.plugin_links_settled();
+    assert!(left.is_empty(), "host veth leaked: {left:?}");
+    assert!(pod_links_settled(&pod).is_empty());
     Call::new(&node, "DEL", &conf)
         .cid("c-acdd")
         .netns(&p)
@@ -152,7 +166,7 @@ async fn del_with_netns_gone_releases() {
     assert!(store.handles().await.is_empty());
     assert_eq!(store.allocations().await, 0);
     assert!(node.plugin_ports().is_empty());
-    assert!(node.plugin_links().is_empty());
+    assert!(node.plugin_links_settled().is_empty());
     // and without CNI_NETNS at all
     let d = Call::new(&node, "DEL", &conf).cid("c-gone").run();
     d.ok();
@@ -483,9 +497,31 @@ async fn gc_removes_what_is_not_listed() {
         .netns(&pb.path().clone())
         .run()
         .ok();
+    // a DEL whose detached veth deletion never ran: port and allocation gone, veth marked
+    let pc = pod_ns();
+    Call::new(&node, "ADD", &conf)
+        .cid("c-dead")
+        .netns(&pc.path().clone())
+        .run()
+        .ok();
+    let dead = cellplane_net::host_veth_name("c-dead", "eth0");
+    node.ovs.vsctl(&["del-port", &node.bridge, &dead]);
+    store.ipam.release("c-dead", "eth0").await.unwrap();
+    node.ns.ip(&[
+        "link",
+        "set",
+        &dead,
+        "alias",
+        "cellplane DEL pending c-dead eth0",
+    ]);
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "c-keep", "ifname": "eth0"}]);
     Call::new(&node, "GC", &gc).run().ok();
+    assert_eq!(
+        pc.links(),
+        vec!["lo".to_string()],
+        "the marked veth is gone"
+    );
     assert_eq!(
         store.handles().await,
         vec![("c-keep".to_string(), "eth0".to_string())]
@@ -504,4 +540,98 @@ async fn gc_removes_what_is_not_listed() {
         .netns(&pa.path().clone())
         .run()
         .ok();
+}
+
+/// DEL leaves the veth's deletion to a detached child: an ADD right after it in the same
+/// netns (same container id, or another one) still succeeds, and nothing is left behind.
+#[tokio::test]
+async fn add_right_after_del_in_the_same_netns() {
+    let Some((store, node)) = setup("add_right_after_del_in_the_same_netns").await else {
+        return;
+    };
+    let conf = node.conf(&store.endpoint(), &store.prefix, &[POOL], "1.1.0");
+    let pod = pod_ns();
+    let p = pod.path();
+    for i in 0..12 {
+        let cid = if i % 3 == 2 {
+            format!("c-again{i}")
+        } else {
+            "c-again".to_string()
+        };
+        let a = Call::new(&node, "ADD", &conf).cid(&cid).netns(&p).run();
+        assert_eq!(a.code, 0, "ADD {i} ({cid}): {}", a.stdout);
+        Call::new(&node, "DEL", &conf)
+            .cid(&cid)
+            .netns(&p)
+            .run()
+            .ok();
+    }
+    let log = std::fs::read_to_string(log_path(&node)).unwrap();
+    eprintln!(
+        "ADDs that found the previous veth still pending deletion: {}",
+        log.matches("left pending").count()
+    );
+    assert!(store.handles().await.is_empty());
+    assert!(node.plugin_ports().is_empty());
+    assert!(node.plugin_links_settled().is_empty());
+    assert!(pod_links_settled(&pod).is_empty());
+}
+
+/// What ADD needs before it deletes an existing CNI_IFNAME, set up by hand (DEL's first
+/// steps and its marker, without the deletion): the marker naming the attachment whose
+/// derived name the host end has, and no allocation. Otherwise 101 and nothing is touched.
+#[tokio::test]
+async fn add_deletes_a_pending_veth_only_when_provably_released() {
+    let Some((store, node)) = setup("add_deletes_a_pending_veth_only_when_provably_released").await
+    else {
+        return;
+    };
+    let conf = node.conf(&store.endpoint(), &store.prefix, &[POOL], "1.1.0");
+    let pod = pod_ns();
+    let p = pod.path();
+    let add = |cid: &str| Call::new(&node, "ADD", &conf).cid(cid).netns(&p).run();
+    add("c-pend").ok();
+    let host = cellplane_net::host_veth_name("c-pend", "eth0");
+    let marker = "cellplane DEL pending c-pend eth0";
+    node.ovs.vsctl(&["del-port", &node.bridge, &host]);
+
+    // the marker, but the allocation is still there
+    node.ns.ip(&["link", "set", &host, "alias", marker]);
+    assert_eq!(add("c-pend").err_code(), 101);
+    assert_eq!(add("c-other").err_code(), 101);
+    assert_eq!(node.plugin_links(), vec![host.clone()]);
+
+    store.ipam.release("c-pend", "eth0").await.unwrap();
+    // released, but the marker names another attachment than the host end's name says
+    node.ns.ip(&[
+        "link",
+        "set",
+        &host,
+        "alias",
+        "cellplane DEL pending c-else eth0",
+    ]);
+    assert_eq!(add("c-pend").err_code(), 101);
+    // released, some other alias
+    node.ns.ip(&["link", "set", &host, "alias", "not ours"]);
+    assert_eq!(add("c-pend").err_code(), 101);
+    assert_eq!(node.plugin_links(), vec![host.clone()]);
+    assert!(store.handles().await.is_empty(), "nothing was allocated");
+
+    // released and marked: ADD deletes it and proceeds (here: for another container id)
+    node.ns.ip(&["link", "set", &host, "alias", marker]);
+    let o = add("c-next");
+    o.ok();
+    let next = cellplane_net::host_veth_name("c-next", "eth0");
+    assert_eq!(node.plugin_links(), vec![next]);
+    assert_eq!(node.plugin_ports().len(), 1);
+    let log = std::fs::read_to_string(log_path(&node)).unwrap();
+    assert!(log.contains("left pending"), "{log}");
+    Call::new(&node, "DEL", &conf)
+        .cid("c-next")
+        .netns(&p)
+        .run()
+        .ok();
+    assert!(store.handles().await.is_empty());
+    assert!(node.plugin_links_settled().is_empty());
+    assert!(pod_links_settled(&pod).is_empty());
 }

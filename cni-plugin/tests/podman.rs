@@ -142,6 +142,6 @@ async fn podman_runs_a_container_on_a_cellplane_network() {
     );
     assert_eq!(store.allocations().await, 0);
     assert!(node.plugin_ports().is_empty());
-    assert!(node.plugin_links().is_empty());
+    assert!(node.plugin_links_settled().is_empty());
     drop(ns);
 }

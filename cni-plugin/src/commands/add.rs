@@ -1,17 +1,22 @@
 //! ADD: lock → allocate → veth (pod end created in the netns under CNI_IFNAME, with its MTU
-//! and MAC) → address → OVS access port (one transaction) → link up, which makes the kernel
-//! send the gratuitous ARP (`arp_notify`) → default route → result.
+//! and MAC) → address → OVS access port (one transaction, which also reads the bridge's
+//! `datapath_type`) → TX checksum offload off on both ends when asked or on the userspace
+//! datapath (`txChecksumOffload`) → link up, which makes the kernel send the gratuitous ARP
+//! (`arp_notify`) → default route → result.
 //! A failure undoes what was done, judged by the returned results.
 
 use std::time::Instant;
 
 use cellplane_etcd::{AllocRequest, Allocated, HostLock, Ipam, LockError};
-use cellplane_net::netlink_route::{format_mac, random_mac};
-use cellplane_net::{host_veth_name, NetError, Netlink, Netns, OvsdbError, PortSpec, VethOptions};
+use cellplane_net::netlink_route::{format_mac, random_mac, LinkInfo};
+use cellplane_net::{
+    ethtool, host_veth_name, NetError, Netlink, Netns, OvsdbError, PodLinkSetup, PortSpec,
+    VethOptions,
+};
 use serde_json::Value;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
-use super::{attachment_ids, ipam, ovsdb, port_ids, with_etcd_deadline};
+use super::{attachment_ids, ipam, ovsdb, parse_del_pending, port_ids, with_etcd_deadline};
 use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::{code, CniError};
@@ -36,14 +41,8 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     // Sockets inside the pod netns, opened on a dedicated thread (the only netns entry).
     let socks = netns.open_sockets(false)?;
     let pod_nl = Netlink::from_fd(socks.route, &netns)?;
-    if pod_nl.link(&env.ifname).await?.is_some() {
-        return Err(CniError::new(
-            code::INTERFACE_EXISTS,
-            format!(
-                "interface {} already exists in netns {netns_path}",
-                env.ifname
-            ),
-        ));
+    if let Some(link) = pod_nl.link(&env.ifname).await? {
+        clear_pending_delete(env, conf, &netns, &link, &host_name).await?;
     }
 
     let t_netns = t0.elapsed();
@@ -103,6 +102,66 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     }
 }
 
+/// CNI_IFNAME exists in the netns. If it is the pod end of a veth whose deletion an earlier
+/// DEL left to its detached child, not done yet (an ADD right after a DEL in the same netns),
+/// it is deleted here, synchronously. That is proven by its peer, the host end: DEL's marker
+/// alias naming an attachment whose derived name the host end has, each end the other's
+/// peer (indexes, and the host end's peer namespace is this netns), and no allocation of that
+/// attachment in etcd. Anything else is "interface exists" (code 101), as the spec requires.
+async fn clear_pending_delete(
+    env: &CniEnv,
+    conf: &NetConf,
+    netns: &Netns,
+    pod_link: &LinkInfo,
+    host_name: &str,
+) -> Result<(), CniError> {
+    let exists = || {
+        CniError::new(
+            code::INTERFACE_EXISTS,
+            format!(
+                "interface {} already exists in netns {}",
+                env.ifname,
+                env.netns.as_deref().unwrap_or_default()
+            ),
+        )
+    };
+    let Some(peer) = pod_link.peer_index else {
+        return Err(exists());
+    };
+    let host_nl = Netlink::connect()?;
+    let Some(host) = host_nl.link_by_index(peer).await? else {
+        return Err(exists());
+    };
+    let (cid, ifname) = match parse_del_pending(host.alias.as_deref()) {
+        Some(Some(ids)) => ids,
+        // the bare marker: only for this very attachment's derived name
+        Some(None) if host.name == host_name => (env.container_id.clone(), env.ifname.clone()),
+        _ => return Err(exists()),
+    };
+    if host.name != host_veth_name(&cid, &ifname)
+        || host.peer_index != Some(pod_link.index)
+        || host.peer_netnsid.is_none()
+        || host.peer_netnsid != host_nl.nsid_of(netns).await?
+    {
+        return Err(exists());
+    }
+    let handle = with_etcd_deadline(conf, "the handle lookup", async {
+        ipam(conf)
+            .await?
+            .get_handle(&cid, &ifname)
+            .await
+            .map_err(CniError::from)
+    })
+    .await?;
+    if handle.is_some() {
+        return Err(exists());
+    }
+    warn!(host = %host.name, container_id = %cid, ifname = %ifname,
+          "deleting a veth whose deletion an earlier DEL left pending");
+    host_nl.del_link_index(host.index).await?;
+    Ok(())
+}
+
 /// What the steps after the allocation work on.
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
@@ -151,10 +210,6 @@ async fn plumb(ctx: &Ctx<'_>, alloc: &Allocated, done: &mut Done) -> Result<AddO
             format!("{} vanished from the netns after creation", env.ifname),
         )
     })?;
-    if conf.gratuitous_arp {
-        // the kernel announces the address when the link comes up (below, after the port)
-        netns.enable_arp_notify(&env.ifname)?;
-    }
     pod_nl
         .add_addr(link.index, alloc.ip, alloc.prefix_len)
         .await?;
@@ -167,22 +222,45 @@ async fn plumb(ctx: &Ctx<'_>, alloc: &Allocated, done: &mut Done) -> Result<AddO
         tag: Some(alloc.vlan),
         external_ids: &ids,
     };
-    match db.add_port(&spec).await {
-        Ok(()) => {}
+    let added = match db.add_port(&spec).await {
+        Ok(a) => a,
         Err(OvsdbError::Transaction { error, .. }) if error.contains("constraint violation") => {
             // a port of an earlier, interrupted ADD of this attachment
             warn!(port = %host_name, "replacing a leftover OVS port");
             db.del_ports_by_ids(&attachment_ids(&env.container_id, &env.ifname))
                 .await?;
-            db.add_port(&spec).await?;
+            db.add_port(&spec).await?
         }
         Err(e) => {
             // Sent but unanswered: it may still commit, so the rollback must try to remove it.
             done.port = !matches!(e, OvsdbError::Connect { .. } | OvsdbError::Address { .. });
             return Err(e.into());
         }
-    }
+    };
     done.port = true;
+
+    // Before the pod end comes up: offload off on both ends (the userspace datapath does not
+    // complete checksums a veth left to offload), and the kernel's gratuitous ARP on link up
+    // (one trip to the netns thread for both).
+    let t_setup = Instant::now();
+    let tx_off = conf.tx_checksum_offload.turn_off(&added.datapath_type);
+    if tx_off {
+        ethtool::set_tx_checksum(host_name, false).map_err(|source| NetError::Ethtool {
+            op: "turning TX checksum offload off",
+            name: host_name.to_string(),
+            netns: None,
+            source,
+        })?;
+    }
+    netns.setup_pod_link(
+        &env.ifname,
+        PodLinkSetup {
+            arp_notify: conf.gratuitous_arp,
+            tx_checksum_off: tx_off,
+        },
+    )?;
+    debug!(datapath_type = %added.datapath_type, tx_checksum_off = tx_off,
+           setup_ms = t_setup.elapsed().as_secs_f64() * 1e3, "pod link set up");
 
     // Up only once the port exists, so that the gratuitous ARP reaches the segment.
     pod_nl.set_up(link.index).await?;

@@ -6,7 +6,7 @@ use cellplane_net::{host_veth_name, Netlink, Netns};
 use serde_json::Value;
 use tracing::instrument;
 
-use super::{ids, ipam, ovsdb, with_etcd_deadline};
+use super::{ids, ipam, ovsdb, parse_del_pending, with_etcd_deadline};
 use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::{code, CniError};
@@ -99,8 +99,12 @@ pub async fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 
     // host end and OVS port
     let host = host_veth_name(&env.container_id, &env.ifname);
-    if Netlink::connect()?.link(&host).await?.is_none() {
-        return Err(wrong(format!("host veth {host} is missing")));
+    match Netlink::connect()?.link(&host).await? {
+        None => return Err(wrong(format!("host veth {host} is missing"))),
+        Some(l) if parse_del_pending(l.alias.as_deref()).is_some() => {
+            return Err(wrong(format!("host veth {host} is being deleted (DEL)")))
+        }
+        Some(_) => {}
     }
     let mut db = ovsdb(conf).await?;
     let port = db

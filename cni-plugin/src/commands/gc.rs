@@ -1,12 +1,13 @@
 //! GC: remove this node's ports and release this node's allocations that are not in
-//! `cni.dev/valid-attachments`. Continues past errors and reports them all.
+//! `cni.dev/valid-attachments`, and delete host veths a DEL left for deletion that are still
+//! there (its detached child died). Continues past errors and reports them all.
 
 use std::collections::BTreeMap;
 
 use cellplane_net::Netlink;
 use tracing::{info, instrument, warn};
 
-use super::{combine, ids, ipam, ovsdb, with_etcd_deadline};
+use super::{combine, ids, ipam, ovsdb, parse_del_pending, with_etcd_deadline};
 use crate::config::NetConf;
 use crate::error::{code, CniError};
 
@@ -60,6 +61,26 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
         Err(e) => errors.push(e),
     }
 
+    // veths a DEL marked and left to a child that did not finish: their port and their
+    // allocation are gone already
+    let mut pending_veths = 0;
+    let r = async {
+        let nl = Netlink::connect()?;
+        let mut n = 0;
+        for l in nl.links().await? {
+            if parse_del_pending(l.alias.as_deref()).is_some() && nl.del_link_index(l.index).await?
+            {
+                n += 1;
+            }
+        }
+        Ok::<usize, CniError>(n)
+    }
+    .await;
+    match r {
+        Ok(n) => pending_veths = n,
+        Err(e) => errors.push(e),
+    }
+
     // this node's allocations
     let mut released = 0;
     let r = with_etcd_deadline(conf, "the GC", async {
@@ -86,6 +107,12 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
         }
         Err(e) => errors.push(e),
     }
-    info!(removed_ports, released, errors = errors.len(), "GC done");
+    info!(
+        removed_ports,
+        pending_veths,
+        released,
+        errors = errors.len(),
+        "GC done"
+    );
     combine(errors, "GC incomplete", code::GC_INCOMPLETE)
 }

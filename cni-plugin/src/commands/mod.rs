@@ -27,6 +27,36 @@ pub mod ids {
     pub const OWNER_VALUE: &str = "cellplane";
 }
 
+/// The start of the alias DEL gives a host veth whose deletion it leaves to a detached child
+/// (del.rs): an ADD that finds the veth still there may delete it (add.rs).
+pub const DEL_PENDING: &str = "cellplane DEL pending";
+
+/// The alias DEL gives the host veth of `(container_id, ifname)`: `DEL_PENDING CID IFNAME`,
+/// or the bare marker when that would not fit in an alias (255 bytes).
+pub(crate) fn del_pending_alias(container_id: &str, ifname: &str) -> String {
+    let a = format!("{DEL_PENDING} {container_id} {ifname}");
+    if a.len() <= 255 {
+        a
+    } else {
+        DEL_PENDING.to_string()
+    }
+}
+
+/// `Some(ids)` for an alias made by [`del_pending_alias`] (`ids` when it carries them).
+pub(crate) fn parse_del_pending(alias: Option<&str>) -> Option<Option<(String, String)>> {
+    let rest = alias?.strip_prefix(DEL_PENDING)?;
+    if rest.is_empty() {
+        return Some(None);
+    }
+    let mut it = rest.strip_prefix(' ')?.split(' ');
+    match (it.next(), it.next(), it.next()) {
+        (Some(c), Some(i), None) if !c.is_empty() && !i.is_empty() => {
+            Some(Some((c.to_string(), i.to_string())))
+        }
+        _ => None,
+    }
+}
+
 /// The `external_ids` that find one attachment's port.
 pub(crate) fn attachment_ids(container_id: &str, ifname: &str) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
@@ -99,4 +129,32 @@ pub(crate) fn combine(
     };
     let msgs: Vec<String> = errors.iter().map(|e| e.msg.clone()).collect();
     Err(CniError::new(c, format!("{what}: {}", msgs.join("; "))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn del_pending_alias_round_trip() {
+        let a = del_pending_alias("c1", "eth0");
+        assert_eq!(a, "cellplane DEL pending c1 eth0");
+        assert_eq!(
+            parse_del_pending(Some(&a)),
+            Some(Some(("c1".to_string(), "eth0".to_string())))
+        );
+        let long = "x".repeat(256);
+        assert_eq!(del_pending_alias(&long, "eth0"), DEL_PENDING);
+        assert_eq!(parse_del_pending(Some(DEL_PENDING)), Some(None));
+        for other in [
+            None,
+            Some(""),
+            Some("cellplane"),
+            Some("cellplane DEL pendingX a b"),
+        ] {
+            assert_eq!(parse_del_pending(other), None, "{other:?}");
+        }
+        assert_eq!(parse_del_pending(Some("cellplane DEL pending a")), None);
+        assert_eq!(parse_del_pending(Some("cellplane DEL pending a b c")), None);
+    }
 }

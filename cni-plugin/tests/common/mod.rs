@@ -89,6 +89,12 @@ impl Node {
             .collect()
     }
 
+    /// [`Node::plugin_links`] once DEL's detached veth deletions are done: polls until there
+    /// are none or 5 s have passed, and returns what is left (a leak, then).
+    pub fn plugin_links_settled(&self) -> Vec<String> {
+        settle(|| self.plugin_links())
+    }
+
     /// Every port of the node's OVS except the bridge's own internal port.
     pub fn plugin_ports(&self) -> Vec<String> {
         self.ovs
@@ -97,6 +103,25 @@ impl Node {
             .filter(|p| p != &self.bridge && p.starts_with("cp") && p.len() == 15)
             .collect()
     }
+}
+
+/// Polls `f` until it returns an empty list or 5 s have passed (DEL deletes veths after it
+/// answers, from a detached child); returns the last answer.
+pub fn settle<T>(f: impl Fn() -> Vec<T>) -> Vec<T> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = f();
+        if v.is_empty() || Instant::now() > until {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The links of a pod namespace other than `lo`, once DEL's detached veth deletions are done
+/// (see [`settle`]).
+pub fn pod_links_settled(pod: &TestNetns) -> Vec<String> {
+    settle(|| pod.links().into_iter().filter(|l| l != "lo").collect())
 }
 
 /// The output of one exec.
@@ -142,6 +167,8 @@ pub struct Call<'a> {
     pub ifname: &'a str,
     pub netns: Option<&'a str>,
     pub args: Option<&'a str>,
+    /// `PATH` of the plugin's environment.
+    pub path: &'a str,
     pub stdin: Vec<u8>,
 }
 
@@ -154,6 +181,7 @@ impl<'a> Call<'a> {
             ifname: "eth0",
             netns: None,
             args: None,
+            path: "/usr/sbin:/usr/bin:/sbin:/bin",
             stdin: serde_json::to_vec(conf).unwrap(),
         }
     }
@@ -180,7 +208,7 @@ impl<'a> Call<'a> {
         let fd = ns.as_raw_fd();
         let mut c = Command::new(BIN);
         c.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PATH", self.path)
             .env("CNI_COMMAND", self.command);
         if !self.container_id.is_empty() {
             c.env("CNI_CONTAINERID", self.container_id);

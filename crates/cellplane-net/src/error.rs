@@ -31,6 +31,13 @@ pub enum NetError {
         target: String,
         source: rtnetlink::Error,
     },
+    #[error("ethtool: {op} on {name}{}: {source}", in_netns(.netns))]
+    Ethtool {
+        op: &'static str,
+        name: String,
+        netns: Option<String>,
+        source: io::Error,
+    },
     #[error("writing sysctl {path}: {source}")]
     Sysctl { path: String, source: io::Error },
     #[error("sending gratuitous ARP for {ip} on ifindex {ifindex}: {source}")]

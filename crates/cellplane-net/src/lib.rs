@@ -7,6 +7,7 @@
 
 pub mod arp;
 pub mod error;
+pub mod ethtool;
 pub mod names;
 pub mod netlink_route;
 pub mod netns;
@@ -15,5 +16,5 @@ pub mod ovsdb;
 pub use error::NetError;
 pub use names::host_veth_name;
 pub use netlink_route::{Netlink, VethOptions};
-pub use netns::{Netns, NetnsSockets};
-pub use ovsdb::{Ovsdb, OvsdbError, PortInfo, PortSpec};
+pub use netns::{Netns, NetnsSockets, PodLinkSetup};
+pub use ovsdb::{Ovsdb, OvsdbError, PortAdded, PortInfo, PortSpec};

@@ -4,10 +4,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{IntoRawFd, OwnedFd};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use rtnetlink::sys::TokioSocket;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::os::fd::FromRawFd;
@@ -41,6 +44,13 @@ pub struct LinkInfo {
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     pub up: bool,
+    /// `IFLA_IFALIAS` (`ip link set DEV alias ...`), if set.
+    pub alias: Option<String>,
+    /// `IFLA_LINK`: for a veth, its peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the id this namespace gives the peer's namespace, when that is
+    /// another one (compare with [`Netlink::nsid_of`]).
+    pub peer_netnsid: Option<i32>,
 }
 
 impl Netlink {
@@ -80,38 +90,42 @@ impl Netlink {
 
     /// The link called `name`, or `None`.
     pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>, NetError> {
-        let mut s = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
+        let req = self.handle.link().get().match_name(name.to_string());
+        self.get_link(req, name).await
+    }
+
+    /// The link with this index, or `None`.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetError> {
+        let req = self.handle.link().get().match_index(index);
+        self.get_link(req, index).await
+    }
+
+    async fn get_link(
+        &self,
+        req: rtnetlink::LinkGetRequest,
+        target: impl ToString,
+    ) -> Result<Option<LinkInfo>, NetError> {
+        let mut s = req.execute();
         match s.try_next().await {
-            Ok(Some(m)) => {
-                let mut info = LinkInfo {
-                    index: m.header.index,
-                    name: name.to_string(),
-                    mac: None,
-                    mtu: None,
-                    up: m.header.flags.contains(LinkFlags::Up),
-                };
-                for a in m.attributes {
-                    match a {
-                        LinkAttribute::Address(mac) if mac.len() == 6 => {
-                            let mut b = [0u8; 6];
-                            b.copy_from_slice(&mac);
-                            info.mac = Some(b);
-                        }
-                        LinkAttribute::Mtu(m) => info.mtu = Some(m),
-                        _ => {}
-                    }
-                }
-                Ok(Some(info))
-            }
+            Ok(Some(m)) => Ok(Some(link_info(m))),
             Ok(None) => Ok(None),
             Err(e) if nl_errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(self.err("get link", name, e)),
+            Err(e) => Err(self.err("get link", target, e)),
         }
+    }
+
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
+        let mut s = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| self.err("list links", "all", e))?
+        {
+            out.push(link_info(m));
+        }
+        Ok(out)
     }
 
     /// Creates the veth pair with the given MACs and MTU; the host end up, the peer down
@@ -151,6 +165,59 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| self.err("set up", index, e))
+    }
+
+    /// The id this connection's namespace gives `netns` (`RTM_GETNSID`); `None` when it gives
+    /// it none (the kernel assigns one when a link of this namespace has its peer there).
+    pub async fn nsid_of(&self, netns: &Netns) -> Result<Option<i32>, NetError> {
+        let mut msg = NsidMessage::default();
+        msg.attributes
+            .push(NsidAttribute::Fd(netns.raw_fd() as u32));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let target = || netns.path().display().to_string();
+        let mut resp = self
+            .handle
+            .clone()
+            .request(req)
+            .map_err(|e| self.err("get nsid", target(), e))?;
+        while let Some(m) = resp.next().await {
+            match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    let id = m.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) => Some(*id),
+                        _ => None,
+                    });
+                    return Ok(id.filter(|id| *id >= 0));
+                }
+                NetlinkPayload::Error(e) => {
+                    return Err(self.err("get nsid", target(), rtnetlink::Error::NetlinkError(e)))
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sets the link's alias (`IFLA_IFALIAS`, at most 255 bytes).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), NetError> {
+        let msg = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| self.err("set alias", index, e))
+    }
+
+    /// Deletes the link with this index. `Ok(false)` when there was none.
+    pub async fn del_link_index(&self, index: u32) -> Result<bool, NetError> {
+        let msg = LinkUnspec::new_with_index(index).build();
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if nl_errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(self.err("delete link", index, e)),
+        }
     }
 
     /// Deletes the link called `name`. `Ok(false)` when there was none.
@@ -245,6 +312,93 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+fn link_info(m: netlink_packet_route::link::LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: None,
+        up: m.header.flags.contains(LinkFlags::Up),
+        alias: None,
+        peer_index: None,
+        peer_netnsid: None,
+    };
+    for a in m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => info.name = n,
+            LinkAttribute::Address(mac) if mac.len() == 6 => {
+                let mut b = [0u8; 6];
+                b.copy_from_slice(&mac);
+                info.mac = Some(b);
+            }
+            LinkAttribute::Mtu(m) => info.mtu = Some(m),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => info.alias = Some(a),
+            LinkAttribute::Link(i) => info.peer_index = Some(i),
+            LinkAttribute::LinkNetNsId(n) => info.peer_netnsid = Some(n),
+            _ => {}
+        }
+    }
+    info
+}
+
+/// Deletes the link with index `index` (of the caller's namespace) from a detached child
+/// process, so that the caller does not wait for the kernel: unregistering a veth waits for
+/// RCU grace periods (`rcu_barrier` in `netdev_run_todo`, ~17 ms here) in the task that asked.
+///
+/// The child starts its own session, puts `/dev/null` on stdin/stdout/stderr and closes every
+/// other inherited descriptor (so pipes the caller's parent reads from reach EOF when the
+/// caller exits), sends one `RTM_DELLINK` by index (an index is not reused before the
+/// namespace's counter wraps, unlike a name, which a later ADD may take again), waits for the
+/// kernel's answer and exits. It makes only async-signal-safe system calls (the message is
+/// built before the fork), so it is safe from a multi-threaded process. Returns the child's
+/// pid; the caller should exit soon (the child is then reparented and reaped) or reap it.
+pub fn delete_link_detached(index: u32) -> std::io::Result<libc::pid_t> {
+    let msg = dellink_message(index);
+    let devnull = c"/dev/null";
+    // SAFETY: after fork the child only calls async-signal-safe functions (setsid, open,
+    // dup2, close_range, socket, send, recv, _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => unsafe {
+            libc::setsid();
+            let null = libc::open(devnull.as_ptr(), libc::O_RDWR);
+            for fd in 0..3 {
+                if null >= 0 {
+                    libc::dup2(null, fd);
+                } else {
+                    libc::close(fd);
+                }
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let s = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if s >= 0 && libc::send(s, msg.as_ptr().cast(), msg.len(), 0) == msg.len() as isize {
+                let mut ack = [0u8; 512];
+                libc::recv(s, ack.as_mut_ptr().cast(), ack.len(), 0);
+            }
+            libc::_exit(0)
+        },
+        child => Ok(child),
+    }
+}
+
+/// `nlmsghdr` + `ifinfomsg` of an `RTM_DELLINK` for `index`, asking for an ACK.
+fn dellink_message(index: u32) -> [u8; 32] {
+    let mut m = [0u8; 32];
+    m[0..4].copy_from_slice(&32u32.to_ne_bytes()); // nlmsg_len
+    m[4..6].copy_from_slice(&libc::RTM_DELLINK.to_ne_bytes()); // nlmsg_type
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    m[6..8].copy_from_slice(&flags.to_ne_bytes()); // nlmsg_flags
+    m[8..12].copy_from_slice(&1u32.to_ne_bytes()); // nlmsg_seq
+                                                   // nlmsg_pid 0; ifi_family AF_UNSPEC, pad, ifi_type 0
+    m[20..24].copy_from_slice(&index.to_ne_bytes()); // ifi_index
+    m
 }
 
 /// A random locally-administered unicast MAC.

@@ -107,21 +107,62 @@ impl Netns {
     }
 }
 
+/// What [`Netns::setup_pod_link`] does to an interface inside the namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodLinkSetup {
+    /// Turn on `net.ipv4.conf.{ifname}.arp_notify`.
+    pub arp_notify: bool,
+    /// Turn TX checksum offload off (`ETHTOOL_STXCSUM`, as `ethtool -K IF tx off`).
+    pub tx_checksum_off: bool,
+}
+
 impl Netns {
     /// Turns on `net.ipv4.conf.{ifname}.arp_notify` inside this namespace (one trip to a
     /// dedicated thread): the kernel then sends a gratuitous ARP for the interface's
     /// addresses whenever it comes up or changes its MAC. Cheaper than our own `AF_PACKET`
     /// socket, whose close waits for an RCU grace period (`synchronize_net`, ~12 ms here).
     pub fn enable_arp_notify(&self, ifname: &str) -> Result<(), NetError> {
+        self.setup_pod_link(
+            ifname,
+            PodLinkSetup {
+                arp_notify: true,
+                tx_checksum_off: false,
+            },
+        )
+    }
+
+    /// Applies `setup` to `ifname` inside this namespace, in one trip to a dedicated thread
+    /// (nothing to do: no trip).
+    pub fn setup_pod_link(&self, ifname: &str, setup: PodLinkSetup) -> Result<(), NetError> {
         if ifname.is_empty() || ifname.contains('/') || ifname == "." || ifname == ".." {
             return Err(NetError::LinkNotFound {
                 name: ifname.to_string(),
                 netns: Some(self.path.display().to_string()),
             });
         }
+        if setup == PodLinkSetup::default() {
+            return Ok(());
+        }
         let path = format!("/proc/sys/net/ipv4/conf/{ifname}/arp_notify");
-        self.run(|| std::fs::write(&path, b"1"))?
-            .map_err(|source| NetError::Sysctl { path, source })
+        self.run(|| -> Result<(), NetError> {
+            if setup.arp_notify {
+                std::fs::write(&path, b"1").map_err(|source| NetError::Sysctl {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            if setup.tx_checksum_off {
+                crate::ethtool::set_tx_checksum(ifname, false).map_err(|source| {
+                    NetError::Ethtool {
+                        op: "turning TX checksum offload off",
+                        name: ifname.to_string(),
+                        netns: Some(self.path.display().to_string()),
+                        source,
+                    }
+                })?;
+            }
+            Ok(())
+        })?
     }
 }
 

@@ -70,6 +70,22 @@ pub struct PortSpec<'a> {
     pub external_ids: &'a BTreeMap<String, String>,
 }
 
+/// What [`Ovsdb::add_port`] learns about the bridge, in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortAdded {
+    /// The bridge's `datapath_type`: `netdev` for OVS's userspace datapath; empty or `system`
+    /// for the kernel datapath.
+    pub datapath_type: String,
+}
+
+impl PortAdded {
+    /// True on OVS's userspace datapath, which does not complete checksums a veth left to
+    /// offload (TCP between pods fails unless TX checksum offload is off on the veth).
+    pub fn userspace_datapath(&self) -> bool {
+        self.datapath_type == "netdev"
+    }
+}
+
 /// A port as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortInfo {
@@ -307,9 +323,10 @@ impl Ovsdb {
         self.call("list_dbs", json!([])).await.map(|_| ())
     }
 
-    /// Adds the port and its interface to the bridge in ONE transaction. Fails with
-    /// `BridgeNotFound` when the bridge does not exist (nothing is written then).
-    pub async fn add_port(&mut self, p: &PortSpec<'_>) -> Result<(), OvsdbError> {
+    /// Adds the port and its interface to the bridge in ONE transaction, which also reads the
+    /// bridge's `datapath_type`. Fails with `BridgeNotFound` when the bridge does not exist
+    /// (nothing is written then).
+    pub async fn add_port(&mut self, p: &PortSpec<'_>) -> Result<PortAdded, OvsdbError> {
         let mut port = json!({
             "name": p.name,
             "interfaces": ["named-uuid", "iface"],
@@ -321,6 +338,8 @@ impl Ovsdb {
         let ops = vec![
             json!({"op": "wait", "table": "Bridge", "where": [["name", "==", p.bridge]],
                    "columns": ["name"], "until": "==", "rows": [{"name": p.bridge}], "timeout": 0}),
+            json!({"op": "select", "table": "Bridge", "where": [["name", "==", p.bridge]],
+                   "columns": ["datapath_type"]}),
             json!({"op": "insert", "table": "Interface", "row": {"name": p.name}, "uuid-name": "iface"}),
             json!({"op": "insert", "table": "Port", "row": port, "uuid-name": "port"}),
             json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", p.bridge]],
@@ -333,7 +352,13 @@ impl Ovsdb {
                     bridge: p.bridge.to_string(),
                 })
             }
-            r => r.map(|_| ()),
+            Err(e) => Err(e),
+            Ok(res) => Ok(PortAdded {
+                datapath_type: res[1]["rows"][0]["datapath_type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
         }
     }
 

@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use cellplane_net::netlink_route::delete_link_detached;
 use cellplane_net::netlink_route::random_mac;
-use cellplane_net::{arp, NetError, Netlink, Netns, Ovsdb, OvsdbError, PortSpec, VethOptions};
+use cellplane_net::{
+    arp, ethtool, NetError, Netlink, Netns, Ovsdb, OvsdbError, PodLinkSetup, PortSpec, VethOptions,
+};
 use cellplane_testkit::netns::{require_priv, unique_name, TestNetns};
 use cellplane_testkit::ovs::{Ovs, OVS_BINARIES};
 
@@ -141,6 +144,123 @@ async fn veth_addr_route_garp_in_namespaces() {
     assert!(pod_nl.link("eth0").await.unwrap().is_none());
 }
 
+/// `ethtool -k IF` in `ns`: the value of `feature` ("on" / "off", without "[fixed]" etc.).
+fn ethtool_feature(ns: &TestNetns, ifname: &str, feature: &str) -> String {
+    let out = ns.exec(&["ethtool", "-k", ifname]);
+    assert!(out.status.success(), "ethtool -k {ifname}: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{feature}: ")))
+        .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+        .unwrap_or_else(|| panic!("{feature} not in {text}"))
+}
+
+#[tokio::test]
+async fn tx_checksum_off_alias_peer_and_detached_delete() {
+    if !require_priv(
+        "tx_checksum_off_alias_peer_and_detached_delete",
+        &["ip", "ethtool"],
+    ) {
+        return;
+    }
+    let node = TestNetns::new("cpt-node");
+    let pod = TestNetns::new("cpt-pod");
+    let node_ns = Netns::open(node.path()).unwrap();
+    let pod_ns = Netns::open(pod.path()).unwrap();
+    let host_nl = Netlink::from_fd(node_ns.open_sockets(false).unwrap().route, &node_ns).unwrap();
+    let pod_nl = Netlink::from_fd(pod_ns.open_sockets(false).unwrap().route, &pod_ns).unwrap();
+    let host = unique_name("cpv");
+    host_nl
+        .create_veth(&VethOptions {
+            host_name: &host,
+            host_mac: random_mac(),
+            peer_name: "eth0",
+            peer_mac: random_mac(),
+            peer_netns: &pod_ns,
+            mtu: 1500,
+        })
+        .await
+        .unwrap();
+
+    // TX checksum offload: on as the kernel makes it; off on the pod end through the
+    // namespace thread, on the host end through a socket of the node namespace; `ethtool -k`
+    // then shows what `ethtool -K IF tx off` shows (segmentation offloads dropped with it)
+    assert_eq!(ethtool_feature(&pod, "eth0", "tx-checksumming"), "on");
+    pod_ns
+        .setup_pod_link(
+            "eth0",
+            PodLinkSetup {
+                arp_notify: false,
+                tx_checksum_off: true,
+            },
+        )
+        .unwrap();
+    node_ns
+        .run(|| ethtool::set_tx_checksum(&host, false))
+        .unwrap()
+        .unwrap();
+    for (ns, ifname) in [(&pod, "eth0"), (&node, host.as_str())] {
+        assert_eq!(ethtool_feature(ns, ifname, "tx-checksumming"), "off");
+        assert_eq!(ethtool_feature(ns, ifname, "tx-checksum-ip-generic"), "off");
+        assert_eq!(ethtool_feature(ns, ifname, "tx-tcp-segmentation"), "off");
+    }
+    assert!(!node_ns
+        .run(|| ethtool::tx_checksum(&host))
+        .unwrap()
+        .unwrap());
+    let e = pod_ns
+        .setup_pod_link(
+            "nosuch0",
+            PodLinkSetup {
+                arp_notify: false,
+                tx_checksum_off: true,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, NetError::Ethtool { .. }), "{e}");
+
+    // alias and peer indexes, read back by name and by index
+    let h = host_nl.link(&host).await.unwrap().unwrap();
+    let p = pod_nl.link("eth0").await.unwrap().unwrap();
+    assert_eq!(h.alias, None);
+    assert_eq!(h.peer_index, Some(p.index));
+    assert_eq!(p.peer_index, Some(h.index));
+    // the host end's peer namespace is the pod's, by the node namespace's ids
+    assert!(h.peer_netnsid.is_some());
+    assert_eq!(h.peer_netnsid, host_nl.nsid_of(&pod_ns).await.unwrap());
+    let other = TestNetns::new("cpt-other");
+    let other_id = host_nl
+        .nsid_of(&Netns::open(other.path()).unwrap())
+        .await
+        .unwrap();
+    assert_ne!(other_id, h.peer_netnsid);
+    host_nl
+        .set_alias(h.index, "cellplane test alias")
+        .await
+        .unwrap();
+    let h2 = host_nl.link_by_index(h.index).await.unwrap().unwrap();
+    assert_eq!(h2.name, host);
+    assert_eq!(h2.alias.as_deref(), Some("cellplane test alias"));
+
+    // detached delete, forked from a thread inside the node namespace: the veth (both ends)
+    // goes away without the caller waiting; the child is our child here, so reap it
+    let pid = node_ns
+        .run(|| delete_link_detached(h.index))
+        .unwrap()
+        .unwrap();
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+    assert!(
+        matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)),
+        "{status:?}"
+    );
+    assert!(host_nl.link(&host).await.unwrap().is_none());
+    assert!(pod_nl.link("eth0").await.unwrap().is_none());
+    assert!(
+        !host_nl.del_link_index(h.index).await.unwrap(),
+        "already gone"
+    );
+}
+
 #[test]
 fn netns_open_rejects_non_namespace_and_restores_thread() {
     if !require_priv(
@@ -210,14 +330,18 @@ async fn ovsdb_port_in_one_transaction() {
     ids.insert("cellplane-container-id".to_string(), "c1".to_string());
     ids.insert("cellplane-ifname".to_string(), "eth0".to_string());
     ids.insert("owner".to_string(), "cellplane".to_string());
-    db.add_port(&PortSpec {
-        bridge: &br,
-        name: &port,
-        tag: Some(100),
-        external_ids: &ids,
-    })
-    .await
-    .unwrap();
+    let added = db
+        .add_port(&PortSpec {
+            bridge: &br,
+            name: &port,
+            tag: Some(100),
+            external_ids: &ids,
+        })
+        .await
+        .unwrap();
+    // the same transaction read the bridge's datapath (the testkit makes userspace bridges)
+    assert_eq!(added.datapath_type, "netdev");
+    assert!(added.userspace_datapath());
 
     // seen by ovs-vsctl
     assert_eq!(ovs.ports(&br), vec![port.clone()]);

@@ -32,22 +32,38 @@ pub struct Report {
 pub async fn observe(s: &Settings, ipam: &Ipam, args: &CheckArgs) -> Result<Report> {
     let t = std::time::Instant::now();
     let mut src = vec!["etcd".to_string()];
-    // etcd and the Kubernetes API are read at the same time
-    let etcd_read = async {
-        let v = sources::read_etcd(ipam).await;
-        (v, t.elapsed().as_millis() as u64)
-    };
+    // etcd and the Kubernetes API are read at the same time; the pods are decoded while etcd
+    // is still being read
+    let etcd = ipam.etcd().clone();
+    let etcd_read = tokio::spawn(async move {
+        let records = sources::read_etcd(&etcd).await;
+        (records, t.elapsed().as_millis() as u64)
+    });
     let kube_read = async {
         if !s.kube_enabled {
-            return Ok::<_, anyhow::Error>((None, 0));
+            return Ok(None);
         }
         let client = sources::kube_client(s).await?;
-        let view = sources::read_kube(&client, &client_url(s)).await?;
-        Ok((Some(view), t.elapsed().as_millis() as u64))
+        Ok::<_, anyhow::Error>(Some(sources::read_kube(&client, &client_url(s)).await?))
     };
-    let ((etcd, etcd_ms), kube) = tokio::join!(etcd_read, kube_read);
-    let etcd = etcd?;
-    let (kube, kube_ms) = kube?;
+    let (kube_records, kube_error) = match kube_read.await {
+        Ok(records) => (records, None),
+        Err(e) => (None, Some(e)),
+    };
+    let kube_ms = kube_records
+        .as_ref()
+        .map_or(0, |_| t.elapsed().as_millis() as u64);
+    let kube = kube_records.as_ref().map(|k| k.view());
+    // etcd's error first when both fail
+    let (etcd_records, etcd_ms) = etcd_read.await.context("etcd read")?;
+    let etcd_records = etcd_records?;
+    if let Some(e) = kube_error {
+        return Err(e);
+    }
+    let kube = kube.transpose()?;
+    let t1 = std::time::Instant::now();
+    let etcd = etcd_records.view()?;
+    let decode_ms = t1.elapsed().as_millis() as u64;
     if kube.is_some() {
         src.push("kubernetes".into());
     }
@@ -66,6 +82,7 @@ pub async fn observe(s: &Settings, ipam: &Ipam, args: &CheckArgs) -> Result<Repo
     tracing::info!(
         etcd_ms,
         kube_ms,
+        decode_ms,
         analyze_ms = t2.elapsed().as_millis() as u64,
         total_ms = t.elapsed().as_millis() as u64,
         findings = findings.len(),
@@ -77,7 +94,7 @@ pub async fn observe(s: &Settings, ipam: &Ipam, args: &CheckArgs) -> Result<Repo
         sources: src,
         etcd_revision: etcd.revision,
         kube_resource_version: kube.map(|k| k.resource_version),
-        allocations: etcd.blocks.iter().map(|b| b.record.allocations.len()).sum(),
+        allocations: etcd.allocations(),
         findings,
     })
 }

@@ -19,8 +19,8 @@ pub async fn run(s: &Settings, ipam: &Ipam, cmd: NodeCmd) -> Result<u8> {
     validate_name("node name", &name)?;
     if s.kube_enabled {
         let client = sources::kube_client(s).await?;
-        let view = sources::read_kube(&client, "(configured)").await?;
-        if view.nodes.contains(&name) && !force {
+        let records = sources::read_kube(&client, "(configured)").await?;
+        if records.view()?.nodes.contains(name.as_str()) && !force {
             bail!("node {name} is still in the Kubernetes API; remove it there first, or use --force if it is really gone");
         }
     } else if !force {

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 
-.PHONY: all deps build package test-package test test-unit test-etcd test-net test-cni test-nginx test-cnictl test-control-api test-discovery \
+.PHONY: all deps build package test-package test test-unit test-etcd test-net test-cni test-nginx test-cnictl test-control-api test-discovery test-build \
         bench demo demo-clean demo-check lint fmt
 
 all: build
@@ -38,6 +38,8 @@ test-control-api:
 	$(CARGO) test -p cellplane-control-api
 test-discovery:     ## in-process Kubernetes API + real control-api, nginx-agent, nginx, wrk
 	$(CARGO) test -p cellplane-discovery
+test-build:         ## real etcd, git, buildah, podman, docker-registry, skopeo; the build-agent binary
+	$(CARGO) test -p cellplane-build -p cellplane-build-agent
 
 ## Benchmarks against real components; results in target/bench/*.json.
 bench:
@@ -46,6 +48,7 @@ bench:
 	$(CARGO) bench -p cellplane-cni --bench cni
 	$(CARGO) bench -p cellplane-nginx-agent --bench nginx
 	$(CARGO) bench -p cellplane-discovery --bench discovery
+	$(CARGO) bench -p cellplane-build-agent --bench build
 	@echo; for f in target/bench/*.json; do echo "== $$f"; cat $$f; echo; done
 
 ## .deb packages of every component into target/debian/ (release build).

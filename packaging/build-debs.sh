@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(cellplane-cni cellplane-cnictl cellplane-nginx-agent cellplane-control-api cellplane-discovery)
+PACKAGES=(cellplane-cni cellplane-cnictl cellplane-nginx-agent cellplane-control-api cellplane-discovery cellplane-build-agent)
 
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 ARCH=$(dpkg --print-architecture)

@@ -16,7 +16,7 @@ ok() { echo "package-test: ok: $*"; passed=$((passed + 1)); }
 dpkg -i "${debs[@]}" >/dev/null
 ok "installed ${pkgs[*]}"
 
-for b in /opt/cni/bin/cellplane /usr/bin/cnictl /usr/bin/nginx-agent /usr/bin/control-api /usr/bin/discovery; do
+for b in /opt/cni/bin/cellplane /usr/bin/cnictl /usr/bin/nginx-agent /usr/bin/control-api /usr/bin/discovery /usr/bin/build-agent; do
   pkg_of=$(dpkg -S "$b" 2>/dev/null | cut -d: -f1 || true)
   [ -n "$pkg_of" ] || continue
   v=$("$b" --version) || fail "$b --version"
@@ -41,13 +41,13 @@ grep -q "changed by the operator" /etc/cellplane/cnictl.toml || fail "reinstall 
 ok "changed conffile kept across reinstall"
 
 dpkg -r "${pkgs[@]}" >/dev/null
-for b in /opt/cni/bin/cellplane /usr/bin/cnictl /usr/bin/nginx-agent /usr/bin/control-api /usr/bin/discovery /lib/systemd/system/cellplane-nginx-agent.service; do
+for b in /opt/cni/bin/cellplane /usr/bin/cnictl /usr/bin/nginx-agent /usr/bin/control-api /usr/bin/discovery /usr/bin/build-agent /lib/systemd/system/cellplane-nginx-agent.service /lib/systemd/system/cellplane-build-agent.service; do
   [ ! -e "$b" ] || fail "$b left after dpkg -r"
 done
 [ -f /etc/cellplane/cnictl.toml ] || fail "dpkg -r removed a conffile (only purge should)"
 ok "dpkg -r removed the programs and kept the configs"
 dpkg -P "${pkgs[@]}" >/dev/null
-for c in cnictl.toml nginx-agent.toml control-api.toml discovery.toml; do
+for c in cnictl.toml nginx-agent.toml control-api.toml discovery.toml build-agent.toml; do
   [ ! -e "/etc/cellplane/$c" ] || fail "/etc/cellplane/$c left after purge"
 done
 for p in "${pkgs[@]}"; do

@@ -8,6 +8,7 @@
 //!   key, and recovery of the tasks of an agent whose lease expired.
 
 pub mod dispatch;
+pub mod redact;
 pub mod rendezvous;
 pub mod types;
 pub mod validate;

@@ -185,13 +185,13 @@ pub struct BuildStatus {
 }
 
 impl BuildStatus {
-    /// The status written with a new task.
+    /// The status written with a new task (a password in the repository URL is masked).
     pub fn queued(task: &BuildTask, agent: &str) -> BuildStatus {
         BuildStatus {
             build: task.build.clone(),
             state: BuildState::Queued,
             agent: agent.to_string(),
-            repo: task.request.repo.clone(),
+            repo: crate::redact::redact_url_userinfo(&task.request.repo),
             git_ref: task.request.git_ref.clone(),
             attempt: task.attempt,
             submitted_at_ms: task.submitted_at_ms,

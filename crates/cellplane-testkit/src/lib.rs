@@ -8,6 +8,7 @@ pub mod netns;
 pub mod nginx;
 pub mod notify;
 pub mod ovs;
+pub mod registry;
 
 /// Whether a test that needs `what` can run. Without it, the test is skipped with a message,
 /// unless `CELLPLANE_REQUIRE_PRIV=1` (CI sets it): then a missing prerequisite fails the test.

@@ -125,7 +125,7 @@ pub async fn submit(etcd: &Etcd, task: &BuildTask) -> Result<String, DispatchErr
                 TxnOp::put(status_key.clone(), to_json(&status), None),
             ]);
         if etcd.txn(txn).await?.succeeded() {
-            info!(build = %task.build, %agent, repo = %task.request.repo, "build dispatched");
+            info!(build = %task.build, %agent, repo = %status.repo, "build dispatched");
             return Ok(agent);
         }
         if etcd.get(&status_key).await?.is_some() {

@@ -17,7 +17,11 @@ pub struct InvalidInput {
 fn bad(field: &'static str, value: &str, reason: &str) -> InvalidInput {
     InvalidInput {
         field,
-        value: value.chars().take(200).collect(),
+        // the value is echoed in 400 answers and logs: never with a password in it
+        value: crate::redact::redact_url_userinfo(value)
+            .chars()
+            .take(200)
+            .collect(),
         reason: reason.into(),
     }
 }
@@ -325,6 +329,14 @@ mod tests {
             let e = validate_request(&r).expect_err(&format!("{r:?} must be refused"));
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn refused_values_do_not_echo_passwords() {
+        let mut r = req();
+        r.repo = "https://bob:s3cret@h/a b".into();
+        let e = validate_request(&r).unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]

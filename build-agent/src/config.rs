@@ -274,22 +274,13 @@ pub struct Cli {
     /// Config file; a missing file is an error only when given explicitly.
     #[arg(long, short = 'c', env = "CELLPLANE_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: cellplane_etcd::EtcdArgs,
     /// Agent name (default: the host name).
     #[arg(long, env = "CELLPLANE_BUILD_AGENT_NAME")]
     pub name: Option<String>,
     #[arg(long, env = "CELLPLANE_BUILD_CAPACITY")]
     pub capacity: Option<u32>,
-    /// Comma-separated etcd client URLs.
-    #[arg(long, env = "CELLPLANE_ETCD_ENDPOINTS", value_delimiter = ',')]
-    pub etcd_endpoints: Option<Vec<String>>,
-    #[arg(long, env = "CELLPLANE_ETCD_PREFIX")]
-    pub etcd_prefix: Option<String>,
-    #[arg(long, env = "CELLPLANE_ETCD_CA_FILE")]
-    pub etcd_ca_file: Option<PathBuf>,
-    #[arg(long, env = "CELLPLANE_ETCD_CERT_FILE")]
-    pub etcd_cert_file: Option<PathBuf>,
-    #[arg(long, env = "CELLPLANE_ETCD_KEY_FILE")]
-    pub etcd_key_file: Option<PathBuf>,
     #[arg(long, env = "CELLPLANE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Advertised base URL of the HTTP server.
@@ -343,17 +334,7 @@ impl Cli {
         }
         set(&mut cfg.name, &self.name);
         set(&mut cfg.capacity, &self.capacity);
-        set(&mut cfg.etcd.endpoints, &self.etcd_endpoints);
-        set(&mut cfg.etcd.prefix, &self.etcd_prefix);
-        if self.etcd_ca_file.is_some() {
-            cfg.etcd.ca_file = self.etcd_ca_file.clone();
-        }
-        if self.etcd_cert_file.is_some() {
-            cfg.etcd.cert_file = self.etcd_cert_file.clone();
-        }
-        if self.etcd_key_file.is_some() {
-            cfg.etcd.key_file = self.etcd_key_file.clone();
-        }
+        self.etcd.apply(&mut cfg.etcd);
         set(&mut cfg.http_listen, &self.http_listen);
         set(&mut cfg.endpoint, &self.endpoint);
         set(&mut cfg.work_dir, &self.work_dir);

@@ -32,24 +32,8 @@ pub struct Global {
     /// [default: /etc/cellplane/cnictl.toml]
     #[arg(long, global = true, env = "CELLPLANE_CNICTL_CONFIG")]
     pub config: Option<PathBuf>,
-    /// etcd client URLs, comma separated.
-    #[arg(
-        long,
-        global = true,
-        env = "CELLPLANE_ETCD_ENDPOINTS",
-        value_delimiter = ','
-    )]
-    pub etcd_endpoints: Option<Vec<String>>,
-    #[arg(long, global = true, env = "CELLPLANE_ETCD_PREFIX")]
-    pub etcd_prefix: Option<String>,
-    #[arg(long, global = true, env = "CELLPLANE_ETCD_CA_FILE")]
-    pub etcd_ca_file: Option<PathBuf>,
-    #[arg(long, global = true, env = "CELLPLANE_ETCD_CERT_FILE")]
-    pub etcd_cert_file: Option<PathBuf>,
-    #[arg(long, global = true, env = "CELLPLANE_ETCD_KEY_FILE")]
-    pub etcd_key_file: Option<PathBuf>,
-    #[arg(long, global = true, env = "CELLPLANE_ETCD_TIMEOUT_MS")]
-    pub etcd_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    pub etcd: cellplane_etcd::EtcdArgs,
     /// kubeconfig for the Kubernetes API (default: in-cluster config, then ~/.kube/config).
     #[arg(long, global = true, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

@@ -92,28 +92,7 @@ impl Settings {
             etcd.timeout_ms = v;
         }
         // environment and flags (clap has already let flags win over the environment)
-        if let Some(v) = &g.etcd_endpoints {
-            etcd.endpoints = v
-                .iter()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-        }
-        if let Some(v) = &g.etcd_prefix {
-            etcd.prefix = v.clone();
-        }
-        if let Some(v) = &g.etcd_ca_file {
-            etcd.ca_file = Some(v.clone());
-        }
-        if let Some(v) = &g.etcd_cert_file {
-            etcd.cert_file = Some(v.clone());
-        }
-        if let Some(v) = &g.etcd_key_file {
-            etcd.key_file = Some(v.clone());
-        }
-        if let Some(v) = g.etcd_timeout_ms {
-            etcd.timeout_ms = v;
-        }
+        g.etcd.apply(&mut etcd);
         etcd.validate().context("etcd settings")?;
 
         let node = match g.node.clone().or(file.node) {

@@ -286,18 +286,10 @@ impl ApiConfig {
 pub struct Cli {
     #[arg(long, short = 'c', env = "CELLPLANE_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: cellplane_etcd::EtcdArgs,
     #[arg(long, env = "CELLPLANE_LISTEN")]
     pub listen: Option<SocketAddr>,
-    #[arg(long, env = "CELLPLANE_ETCD_ENDPOINTS", value_delimiter = ',')]
-    pub etcd_endpoints: Option<Vec<String>>,
-    #[arg(long, env = "CELLPLANE_ETCD_PREFIX")]
-    pub etcd_prefix: Option<String>,
-    #[arg(long, env = "CELLPLANE_ETCD_CA_FILE")]
-    pub etcd_ca_file: Option<PathBuf>,
-    #[arg(long, env = "CELLPLANE_ETCD_CERT_FILE")]
-    pub etcd_cert_file: Option<PathBuf>,
-    #[arg(long, env = "CELLPLANE_ETCD_KEY_FILE")]
-    pub etcd_key_file: Option<PathBuf>,
     #[arg(long, env = "CELLPLANE_LOG", default_value = "info")]
     pub log: String,
     #[arg(long, env = "CELLPLANE_LOG_FORMAT", default_value = "text")]
@@ -323,21 +315,7 @@ impl Cli {
         if let Some(v) = self.listen {
             cfg.listen = v;
         }
-        if let Some(v) = &self.etcd_endpoints {
-            cfg.etcd.endpoints = v.clone();
-        }
-        if let Some(v) = &self.etcd_prefix {
-            cfg.etcd.prefix = v.clone();
-        }
-        if self.etcd_ca_file.is_some() {
-            cfg.etcd.ca_file = self.etcd_ca_file.clone();
-        }
-        if self.etcd_cert_file.is_some() {
-            cfg.etcd.cert_file = self.etcd_cert_file.clone();
-        }
-        if self.etcd_key_file.is_some() {
-            cfg.etcd.key_file = self.etcd_key_file.clone();
-        }
+        self.etcd.apply(&mut cfg.etcd);
         cfg.validate()?;
         Ok(cfg)
     }

@@ -178,21 +178,12 @@ pub struct Cli {
     /// Config file; a missing file is an error only when given explicitly.
     #[arg(long, short = 'c', env = "CELLPLANE_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: cellplane_etcd::EtcdArgs,
     #[arg(long, env = "CELLPLANE_GROUP")]
     pub group: Option<String>,
     #[arg(long, env = "CELLPLANE_HOST")]
     pub host: Option<String>,
-    /// Comma-separated etcd client URLs.
-    #[arg(long, env = "CELLPLANE_ETCD_ENDPOINTS", value_delimiter = ',')]
-    pub etcd_endpoints: Option<Vec<String>>,
-    #[arg(long, env = "CELLPLANE_ETCD_PREFIX")]
-    pub etcd_prefix: Option<String>,
-    #[arg(long, env = "CELLPLANE_ETCD_CA_FILE")]
-    pub etcd_ca_file: Option<PathBuf>,
-    #[arg(long, env = "CELLPLANE_ETCD_CERT_FILE")]
-    pub etcd_cert_file: Option<PathBuf>,
-    #[arg(long, env = "CELLPLANE_ETCD_KEY_FILE")]
-    pub etcd_key_file: Option<PathBuf>,
     #[arg(long, env = "CELLPLANE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     #[arg(long, env = "CELLPLANE_DEBOUNCE_MS")]
@@ -251,17 +242,7 @@ impl Cli {
         }
         set(&mut cfg.group, &self.group);
         set(&mut cfg.host, &self.host);
-        set(&mut cfg.etcd.endpoints, &self.etcd_endpoints);
-        set(&mut cfg.etcd.prefix, &self.etcd_prefix);
-        if self.etcd_ca_file.is_some() {
-            cfg.etcd.ca_file = self.etcd_ca_file.clone();
-        }
-        if self.etcd_cert_file.is_some() {
-            cfg.etcd.cert_file = self.etcd_cert_file.clone();
-        }
-        if self.etcd_key_file.is_some() {
-            cfg.etcd.key_file = self.etcd_key_file.clone();
-        }
+        self.etcd.apply(&mut cfg.etcd);
         set(&mut cfg.http_listen, &self.http_listen);
         set(&mut cfg.debounce_ms, &self.debounce_ms);
         set(&mut cfg.nginx.binary, &self.nginx_binary);

@@ -75,3 +75,101 @@ impl EtcdConfig {
         Ok(())
     }
 }
+
+/// The etcd flags every daemon and `cnictl` take (`#[command(flatten)]`), each also read from a
+/// `CELLPLANE_ETCD_*` variable; clap lets a flag win over its variable, and [`EtcdArgs::apply`]
+/// lets both win over the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma separated.
+    #[arg(
+        long,
+        global = true,
+        env = "CELLPLANE_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Root of every cellplane key.
+    #[arg(long, global = true, env = "CELLPLANE_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+    #[arg(long, global = true, env = "CELLPLANE_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    #[arg(long, global = true, env = "CELLPLANE_ETCD_CERT_FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    #[arg(long, global = true, env = "CELLPLANE_ETCD_KEY_FILE")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// Deadline of each etcd request, in milliseconds.
+    #[arg(long, global = true, env = "CELLPLANE_ETCD_TIMEOUT_MS")]
+    pub etcd_timeout_ms: Option<u64>,
+}
+
+impl EtcdArgs {
+    /// Overrides `cfg` with what was given (empty entries of the endpoint list are dropped).
+    pub fn apply(&self, cfg: &mut EtcdConfig) {
+        if let Some(v) = &self.etcd_endpoints {
+            cfg.endpoints = v
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = &self.etcd_prefix {
+            cfg.prefix = v.clone();
+        }
+        for (dst, src) in [
+            (&mut cfg.ca_file, &self.etcd_ca_file),
+            (&mut cfg.cert_file, &self.etcd_cert_file),
+            (&mut cfg.key_file, &self.etcd_key_file),
+        ] {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        }
+        if let Some(v) = self.etcd_timeout_ms {
+            cfg.timeout_ms = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    }
+
+    #[test]
+    fn flags_override_only_what_is_given() {
+        let cli = Cli::parse_from([
+            "x",
+            "--etcd-endpoints",
+            "http://a:1, ,http://b:2",
+            "--etcd-ca-file",
+            "/ca.pem",
+            "--etcd-timeout-ms",
+            "700",
+        ]);
+        let mut cfg = EtcdConfig {
+            prefix: "/from-file".into(),
+            cert_file: Some("/c.pem".into()),
+            key_file: Some("/k.pem".into()),
+            ..EtcdConfig::default()
+        };
+        cli.etcd.apply(&mut cfg);
+        assert_eq!(cfg.endpoints, ["http://a:1", "http://b:2"]);
+        assert_eq!(cfg.prefix, "/from-file");
+        assert_eq!(
+            cfg.ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        assert_eq!(
+            cfg.cert_file.as_deref(),
+            Some(std::path::Path::new("/c.pem"))
+        );
+        assert_eq!(cfg.timeout_ms, 700);
+    }
+}

@@ -11,7 +11,7 @@ pub mod lock;
 pub mod watch;
 
 pub use client::{Etcd, Kv};
-pub use config::EtcdConfig;
+pub use config::{EtcdArgs, EtcdConfig};
 pub use error::EtcdError;
 pub use ipam::{
     AllocRequest, Allocated, BlockState, GuardedRelease, Ipam, IpamError, IpamOptions, Released,

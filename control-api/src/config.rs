@@ -47,6 +47,9 @@ pub struct BuildsConfig {
     pub recovery_rescan_secs: u64,
     /// Connecting to an agent and waiting for its response headers when proxying a log (ms).
     pub agent_timeout_ms: u64,
+    /// The status of a build that ended is deleted this many hours after it ended (checked
+    /// every hour); 0 keeps every status forever.
+    pub status_retention_hours: u64,
 }
 
 impl Default for BuildsConfig {
@@ -54,6 +57,7 @@ impl Default for BuildsConfig {
         BuildsConfig {
             recovery_rescan_secs: 10,
             agent_timeout_ms: 5000,
+            status_retention_hours: 24 * 7,
         }
     }
 }

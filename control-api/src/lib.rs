@@ -24,6 +24,8 @@ pub use routes::{router, AppState};
 
 /// How long the stopped recovery loop may take to finish the agent it is handling.
 const RECOVERY_STOP_WAIT: Duration = Duration::from_secs(5);
+/// How often the status of long-finished builds is pruned (`[builds] status_retention_hours`).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -94,6 +96,26 @@ pub async fn run(
             let _ = recovery_stop.wait_for(|stopping| *stopping).await;
         },
     ));
+    let retention = (config.builds.status_retention_hours > 0)
+        .then(|| Duration::from_secs(config.builds.status_retention_hours.saturating_mul(3600)));
+    let pruning = retention.map(|keep| {
+        let etcd = state.etcd.clone();
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|stopping| *stopping) => return,
+                    _ = tick.tick() => {}
+                }
+                let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+                let cutoff = cellplane_etcd::now_ms().saturating_sub(keep_ms);
+                if let Err(e) = cellplane_build::dispatch::prune_finished(&etcd, cutoff).await {
+                    tracing::warn!(error = %e, "pruning old build statuses failed; will retry");
+                }
+            }
+        })
+    });
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -113,6 +135,9 @@ pub async fn run(
     {
         tracing::warn!("build recovery did not stop in time; aborted");
         recovery_abort.abort();
+    }
+    if let Some(p) = pruning {
+        p.abort();
     }
     served?;
     info!("control-api stopped");

@@ -379,6 +379,33 @@ async fn recover_task(
     }
 }
 
+/// Deletes the status records of builds that ended before `cutoff_ms` (Unix ms), so that
+/// `builds/status/` does not grow without bound. Each delete is guarded by the record's
+/// revision; records of queued or running builds are never touched. Returns how many went.
+pub async fn prune_finished(etcd: &Etcd, cutoff_ms: u64) -> Result<usize, EtcdError> {
+    let (kvs, _) = etcd.list(&etcd.keys().all_build_status()).await?;
+    let mut pruned = 0;
+    for kv in kvs {
+        let Ok(status) = kv.json::<BuildStatus>() else {
+            continue; // not ours to judge; left for an operator
+        };
+        let ended_before = status.finished_at_ms.is_some_and(|t| t < cutoff_ms);
+        if status.state.is_terminal()
+            && ended_before
+            && etcd.delete_if(&kv.key, kv.mod_revision).await?
+        {
+            pruned += 1;
+        }
+    }
+    if pruned > 0 {
+        info!(
+            pruned,
+            "pruned the status of builds that ended before the retention period"
+        );
+    }
+    Ok(pruned)
+}
+
 /// Agents that still have tasks but no registration.
 pub async fn orphaned_agents(etcd: &Etcd) -> Result<Vec<String>, EtcdError> {
     let live: BTreeSet<String> = live_agents(etcd).await?.into_keys().collect();

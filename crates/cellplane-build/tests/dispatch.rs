@@ -271,3 +271,46 @@ async fn recovery_loop_reacts_to_an_expired_lease() {
         .expect("recovery loop stops on shutdown")
         .unwrap();
 }
+
+#[tokio::test]
+async fn old_finished_statuses_are_pruned_and_nothing_else() {
+    let server = EtcdServer::start();
+    let etcd = connect(&server).await;
+    let _a1 = register(&etcd, "a1", 4).await;
+    for b in ["old-ok", "old-failed", "new-ok", "old-running", "queued"] {
+        dispatch::submit(&etcd, &task(b, "file:///p", false))
+            .await
+            .unwrap();
+    }
+    let finish = |b: &'static str, state: BuildState, at: u64| {
+        let etcd = etcd.clone();
+        async move {
+            let mut st = status(&etcd, b).await;
+            st.state = state;
+            st.finished_at_ms = Some(at);
+            assert!(dispatch::finish(&etcd, "a1", &st).await.unwrap());
+        }
+    };
+    finish("old-ok", BuildState::Succeeded, 1_000).await;
+    finish("old-failed", BuildState::Failed, 2_000).await;
+    finish("new-ok", BuildState::Succeeded, 9_000).await;
+    let mut running = status(&etcd, "old-running").await;
+    running.state = BuildState::Running;
+    running.started_at_ms = Some(500);
+    assert!(dispatch::update_status(&etcd, "a1", &running)
+        .await
+        .unwrap());
+
+    assert_eq!(dispatch::prune_finished(&etcd, 5_000).await.unwrap(), 2);
+    for (b, kept) in [
+        ("old-ok", false),
+        ("old-failed", false),
+        ("new-ok", true),
+        ("old-running", true),
+        ("queued", true),
+    ] {
+        let there = dispatch::get_status(&etcd, b).await.unwrap().is_some();
+        assert_eq!(there, kept, "{b}");
+    }
+    assert_eq!(dispatch::prune_finished(&etcd, 5_000).await.unwrap(), 0);
+}

@@ -9,8 +9,8 @@ use crate::error::{code, CniError};
 
 #[instrument(skip_all)]
 pub async fn status(conf: &NetConf) -> Result<(), CniError> {
-    let usage = with_etcd_deadline(conf, "the usage read", async {
-        Ok(ipam(conf).await?.usage().await?)
+    let room = with_etcd_deadline(conf, "the pool room check", async {
+        Ok(ipam(conf).await?.pool_with_room(&conf.pools).await)
     })
     .await
     .map_err(|e| {
@@ -19,6 +19,16 @@ pub async fn status(conf: &NetConf) -> Result<(), CniError> {
             format!("etcd not available: {}", e.msg),
         )
     })?;
+    // etcd first: a missing pool is reported after the OVSDB checks, an unreachable etcd now
+    let room = match room {
+        Err(e) if !matches!(e, cellplane_etcd::IpamError::NotFound { .. }) => {
+            return Err(CniError::new(
+                code::NOT_AVAILABLE,
+                format!("etcd not available: {e}"),
+            ))
+        }
+        r => r,
+    };
 
     let mut db = ovsdb(conf).await.map_err(|e| {
         CniError::new(
@@ -42,32 +52,20 @@ pub async fn status(conf: &NetConf) -> Result<(), CniError> {
         }
     }
 
-    let candidates: Vec<_> = usage
-        .pools
-        .iter()
-        .filter(|p| conf.pools.is_empty() || conf.pools.contains(&p.pool))
-        .collect();
-    if let Some(missing) = conf
-        .pools
-        .iter()
-        .find(|n| !usage.pools.iter().any(|p| &p.pool == *n))
-    {
-        if candidates.is_empty() {
-            return Err(CniError::new(
-                code::NOT_AVAILABLE,
-                format!("pool {missing} does not exist"),
-            ));
-        }
-    }
-    let room = candidates.iter().any(|p| {
-        p.state == cellplane_core::PoolState::Active && p.counts.free + p.counts.cooling > 0
-    });
-    if !room {
-        let names: Vec<&str> = candidates.iter().map(|p| p.pool.as_str()).collect();
-        return Err(CniError::new(
+    match room {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) if conf.pools.is_empty() => Err(CniError::new(
             code::NOT_AVAILABLE_RESOURCES,
-            format!("no pool with room among [{}]", names.join(", ")),
-        ));
+            "no active pool with room",
+        )),
+        Ok(None) => Err(CniError::new(
+            code::NOT_AVAILABLE_RESOURCES,
+            format!("no pool with room among [{}]", conf.pools.join(", ")),
+        )),
+        Err(cellplane_etcd::IpamError::NotFound { what, name }) => Err(CniError::new(
+            code::NOT_AVAILABLE,
+            format!("{what} {name} does not exist"),
+        )),
+        Err(e) => Err(CniError::new(code::NOT_AVAILABLE, e.to_string())),
     }
-    Ok(())
 }

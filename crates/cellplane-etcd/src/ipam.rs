@@ -485,6 +485,43 @@ impl Ipam {
         Ok(usage)
     }
 
+    /// Which of `pools` (every pool when empty), in order, can still hand out an address:
+    /// the first active one with an unclaimed block (counted from the block keys alone) or,
+    /// when every block is claimed, with an address not allocated in one of them (cooling
+    /// down counts: it is handed out when nothing else is left). `Ok(None)` when none has room;
+    /// a named pool that does not exist is `NotFound`. Reads far less than [`Ipam::usage`]:
+    /// STATUS asks this on every node, often.
+    pub async fn pool_with_room(&self, pools: &[String]) -> Result<Option<String>> {
+        let candidates: Vec<Pool> = if pools.is_empty() {
+            self.list_pools().await?
+        } else {
+            let mut v = Vec::with_capacity(pools.len());
+            for name in pools {
+                v.push(self.get_pool(name).await?);
+            }
+            v
+        };
+        let keys = self.etcd.keys();
+        for pool in candidates.iter().filter(|p| p.state() == PoolState::Active) {
+            let (claimed, _) = self.etcd.list_keys(&keys.blocks(pool.name())).await?;
+            if (claimed.len() as u64) < u64::from(pool.block_count()) {
+                return Ok(Some(pool.name().to_string()));
+            }
+            for b in self.blocks(Some(pool.name())).await? {
+                let Some(bref) = pool.block_by_id(&b.id) else {
+                    continue;
+                };
+                if pool
+                    .allocatable_ordinals(bref)
+                    .any(|o| !b.record.allocations.contains_key(&o))
+                {
+                    return Ok(Some(pool.name().to_string()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     // ------------------------------------------------------------------ allocate
 
     /// Allocates an address for `(container_id, ifname)` on `node`. Idempotent: a repeated

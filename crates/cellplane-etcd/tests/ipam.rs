@@ -249,6 +249,38 @@ async fn exhaustion_names_pools_and_a_new_pool_is_used() {
     let b = ipam.allocate(&req("c14", "n1", &[])).await.unwrap();
     assert_eq!(b.pool, "second");
     check_invariants(&ipam, &[small, second]).await;
+
+    // the room query STATUS uses agrees
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(ipam.pool_with_room(&names(&["small"])).await.unwrap(), None);
+    assert_eq!(
+        ipam.pool_with_room(&names(&["small", "second"]))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("second")
+    );
+    assert_eq!(
+        ipam.pool_with_room(&[]).await.unwrap().as_deref(),
+        Some("second")
+    );
+    assert!(matches!(
+        ipam.pool_with_room(&names(&["nope"])).await,
+        Err(IpamError::NotFound { .. })
+    ));
+    // an address released in the full pool (cooling down) is room again
+    ipam.release("c0", "eth0").await.unwrap();
+    assert_eq!(
+        ipam.pool_with_room(&names(&["small"]))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("small")
+    );
+    ipam.set_pool_state("small", PoolState::Draining)
+        .await
+        .unwrap();
+    assert_eq!(ipam.pool_with_room(&names(&["small"])).await.unwrap(), None);
 }
 
 #[tokio::test]

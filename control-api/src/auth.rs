@@ -17,6 +17,9 @@ pub enum Scope {
     /// Build submit and cancel (and reads).
     #[serde(rename = "builds:write")]
     BuildsWrite,
+    /// IP pool writes: add, drain, activate, remove (and reads).
+    #[serde(rename = "pools:write")]
+    PoolsWrite,
     /// Everything.
     #[serde(rename = "admin")]
     Admin,
@@ -28,6 +31,7 @@ impl Scope {
             Scope::Read => "read",
             Scope::SlbWrite => "slb:write",
             Scope::BuildsWrite => "builds:write",
+            Scope::PoolsWrite => "pools:write",
             Scope::Admin => "admin",
         }
     }
@@ -36,7 +40,11 @@ impl Scope {
     fn grants(self, wanted: Scope) -> bool {
         self == wanted
             || self == Scope::Admin
-            || (wanted == Scope::Read && matches!(self, Scope::SlbWrite | Scope::BuildsWrite))
+            || (wanted == Scope::Read
+                && matches!(
+                    self,
+                    Scope::SlbWrite | Scope::BuildsWrite | Scope::PoolsWrite
+                ))
     }
 }
 
@@ -85,5 +93,25 @@ impl Tokens {
         Ok(Principal {
             name: t.name.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_scopes_grant_read_and_only_their_own_writes() {
+        let writes = [Scope::SlbWrite, Scope::BuildsWrite, Scope::PoolsWrite];
+        for held in writes {
+            assert!(held.grants(Scope::Read), "{}", held.name());
+            for wanted in writes {
+                assert_eq!(held.grants(wanted), held == wanted, "{}", held.name());
+            }
+            assert!(Scope::Admin.grants(held));
+            assert!(!Scope::Read.grants(held));
+        }
+        let parsed: Vec<Scope> = serde_json::from_str(r#"["pools:write","admin"]"#).unwrap();
+        assert_eq!(parsed, vec![Scope::PoolsWrite, Scope::Admin]);
     }
 }

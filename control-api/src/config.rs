@@ -226,7 +226,7 @@ pub struct TokenConfig {
     /// Who holds it; appears in the audit log, never the token itself.
     pub name: String,
     pub token: String,
-    /// `read`, `slb:write`, `builds:write`, `admin` (a later issue adds `pools:write`).
+    /// `read`, `slb:write`, `builds:write`, `pools:write`, `admin`.
     pub scopes: Vec<Scope>,
 }
 

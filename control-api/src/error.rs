@@ -77,6 +77,48 @@ impl From<cellplane_build::DispatchError> for ApiError {
     }
 }
 
+impl From<cellplane_core::CoreError> for ApiError {
+    fn from(e: cellplane_core::CoreError) -> Self {
+        use cellplane_core::CoreError as C;
+        match e {
+            C::Invalid {
+                field,
+                value,
+                reason,
+            } => ApiError::BadRequest {
+                field: field.into(),
+                reason: format!("{value:?}: {reason}"),
+            },
+            // a pool's CIDR meets another pool's: a conflict with existing state, naming it
+            e @ C::Overlap { .. } => ApiError::WrongState {
+                what: e.to_string(),
+            },
+        }
+    }
+}
+
+impl From<cellplane_etcd::IpamError> for ApiError {
+    fn from(e: cellplane_etcd::IpamError) -> Self {
+        use cellplane_etcd::IpamError as I;
+        match e {
+            I::Etcd(e) => ApiError::Etcd(e),
+            I::Invalid(e) => e.into(),
+            I::NotFound { what, name } => ApiError::NotFound {
+                what: format!("{what} {name}"),
+            },
+            I::Contention { what, attempts } => ApiError::Conflict {
+                what: format!("{what} (gave up after {attempts} attempts)"),
+            },
+            // exists already, still has allocations, address taken, no room: the state refuses
+            e @ (I::Conflict { .. } | I::AddressInUse { .. } | I::Exhausted { .. }) => {
+                ApiError::WrongState {
+                    what: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {

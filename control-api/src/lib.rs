@@ -1,7 +1,7 @@
-//! control-api: stateless HTTP/JSON over etcd. This crate serves the SLB routes (domains,
-//! upstreams, members), builds (submit, status, cancel, log proxy, agents), the GitLab push
-//! webhook, `/healthz` and `/metrics`, and runs the recovery of lost build agents' tasks; a
-//! later issue adds pools as a further module under `routes/`.
+//! control-api: stateless HTTP/JSON over etcd. This crate serves the IP pool routes (pools with
+//! usage, add, drain, activate, remove, block ownership per pool and per node), the SLB routes
+//! (domains, upstreams, members), builds (submit, status, cancel, log proxy, agents), the GitLab
+//! push webhook, `/healthz` and `/metrics`, and runs the recovery of lost build agents' tasks.
 
 pub mod agent_client;
 pub mod auth;

@@ -1,135 +1,31 @@
 //! control-api in-process against a real etcd.
 //! Run: `cargo test -p cellplane-control-api --test api`
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
 use cellplane_control_api::auth::Scope;
-use cellplane_control_api::{ApiConfig, TokenConfig};
-use cellplane_etcd::{Etcd, EtcdConfig};
-use cellplane_testkit::etcd::EtcdServer;
-use cellplane_testkit::nginx::http_request;
-use cellplane_testkit::{free_port, unique};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WRITER: &str = "writer-token-0123456789";
 const READER: &str = "reader-token-0123456789";
 
-struct Api {
-    _etcd_server: EtcdServer,
-    etcd: Etcd,
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
+mod common;
+use common::{token, Api};
 
 impl Api {
     async fn start() -> Api {
-        let etcd_server = EtcdServer::start();
-        let etcd_cfg = EtcdConfig {
-            endpoints: vec![etcd_server.endpoint()],
-            prefix: format!("/{}", unique("api")),
-            ..EtcdConfig::default()
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = ApiConfig {
-            listen: addr,
-            etcd: etcd_cfg.clone(),
-            tokens: vec![
-                TokenConfig {
-                    name: "ci-writer".into(),
-                    token: WRITER.into(),
-                    scopes: vec![Scope::SlbWrite],
-                },
-                TokenConfig {
-                    name: "dashboard".into(),
-                    token: READER.into(),
-                    scopes: vec![Scope::Read],
-                },
+        Api::start_with(
+            "api",
+            vec![
+                token("ci-writer", WRITER, Scope::SlbWrite),
+                token("dashboard", READER, Scope::Read),
             ],
-            ..ApiConfig::default()
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            cellplane_control_api::run(config, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("control-api run");
-        });
-        let etcd = Etcd::connect(&etcd_cfg).await.expect("etcd");
-        let api = Api {
-            _etcd_server: etcd_server,
-            etcd,
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        };
-        let start = Instant::now();
-        while api.call("GET", "/healthz", None, "").await.0 != 200 {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "control-api not healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        api
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &str,
-    ) -> (u16, Value) {
-        let (addr, method, path, body) = (
-            self.addr,
-            method.to_string(),
-            path.to_string(),
-            body.to_string(),
-        );
-        let auth = token.map(|t| {
-            if t.contains(' ') {
-                t.to_string()
-            } else {
-                format!("Bearer {t}")
-            }
-        });
-        tokio::task::spawn_blocking(move || {
-            let mut h: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
-            if let Some(a) = auth.as_deref() {
-                h.push(("Authorization", a));
-            }
-            match http_request(addr, &method, "api", &path, &h, body.as_bytes()) {
-                Ok(r) => (
-                    r.status,
-                    serde_json::from_str(&r.body).unwrap_or(Value::String(r.body)),
-                ),
-                Err(e) => (0, Value::String(e.to_string())),
-            }
-        })
+            |_| {},
+        )
         .await
-        .unwrap()
     }
 
     /// Every key this test's control-api could have written.
     async fn keys(&self) -> Vec<String> {
-        let (kvs, _) = self
-            .etcd
-            .list(&format!("{}/", self.etcd.keys().root()))
-            .await
-            .unwrap();
-        kvs.into_iter().map(|kv| kv.key).collect()
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
+        self.keys_under("").await
     }
 }
 

@@ -11,12 +11,8 @@ use std::time::{Duration, Instant};
 use cellplane_build::{dispatch, AgentRecord, BuildState, BuildStatus, BuildTask};
 use cellplane_control_api::auth::Scope;
 use cellplane_control_api::config::WebhookProject;
-use cellplane_control_api::{ApiConfig, TokenConfig};
 use cellplane_etcd::client::to_json;
-use cellplane_etcd::{Etcd, EtcdConfig, LeaseKeeper};
-use cellplane_testkit::etcd::EtcdServer;
-use cellplane_testkit::nginx::http_request;
-use cellplane_testkit::{free_port, unique};
+use cellplane_etcd::{Etcd, LeaseKeeper};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,122 +26,35 @@ const SECRET: &str = "gitlab-secret-0123456789";
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-struct Api {
-    _etcd_server: EtcdServer,
-    etcd: Etcd,
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-fn token(name: &str, token: &str, scope: Scope) -> TokenConfig {
-    TokenConfig {
-        name: name.into(),
-        token: token.into(),
-        scopes: vec![scope],
-    }
-}
+mod common;
+use common::{token, Api};
 
 impl Api {
     async fn start() -> Api {
-        let etcd_server = EtcdServer::start();
-        let etcd_cfg = EtcdConfig {
-            endpoints: vec![etcd_server.endpoint()],
-            prefix: format!("/{}", unique("bapi")),
-            ..EtcdConfig::default()
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut config = ApiConfig {
-            listen: addr,
-            etcd: etcd_cfg.clone(),
-            tokens: vec![
+        Api::start_with(
+            "bapi",
+            vec![
                 token("ops", ADMIN, Scope::Admin),
                 token("ci", BUILDER, Scope::BuildsWrite),
                 token("dashboard", READER, Scope::Read),
                 token("discovery", SLB, Scope::SlbWrite),
             ],
-            ..ApiConfig::default()
-        };
-        config.webhook.gitlab_secret = Some(SECRET.into());
-        config.webhook.projects = vec![WebhookProject {
-            path: "team/app".into(),
-            repo: None,
-            image: "team/app".into(),
-            dockerfile: "docker/Dockerfile".into(),
-            context: ".".into(),
-            branches: vec!["main".into(), "release/*".into()],
-            compile: None,
-            retry: false,
-            step_timeout_secs: None,
-        }];
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            cellplane_control_api::run(config, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("control-api run");
-        });
-        let etcd = Etcd::connect(&etcd_cfg).await.expect("etcd");
-        let api = Api {
-            _etcd_server: etcd_server,
-            etcd,
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        };
-        let start = Instant::now();
-        while api.call("GET", "/healthz", None, "").await.0 != 200 {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "control-api not healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        api
-    }
-
-    async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, Value) {
-        let addr = self.addr;
-        let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
-        let headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        tokio::task::spawn_blocking(move || {
-            let mut h: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
-            h.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            match http_request(addr, &method, "api", &path, &h, body.as_bytes()) {
-                Ok(r) => (
-                    r.status,
-                    serde_json::from_str(&r.body).unwrap_or(Value::String(r.body)),
-                ),
-                Err(e) => (0, Value::String(e.to_string())),
-            }
-        })
+            |config| {
+                config.webhook.gitlab_secret = Some(SECRET.into());
+                config.webhook.projects = vec![WebhookProject {
+                    path: "team/app".into(),
+                    repo: None,
+                    image: "team/app".into(),
+                    dockerfile: "docker/Dockerfile".into(),
+                    context: ".".into(),
+                    branches: vec!["main".into(), "release/*".into()],
+                    compile: None,
+                    retry: false,
+                    step_timeout_secs: None,
+                }];
+            },
+        )
         .await
-        .unwrap()
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &str,
-    ) -> (u16, Value) {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = auth
-            .as_deref()
-            .map(|a| vec![("Authorization", a)])
-            .unwrap_or_default();
-        self.request(method, path, &headers, body).await
     }
 
     async fn submit(&self, body: Value) -> Value {
@@ -181,18 +90,6 @@ impl Api {
             .await
             .unwrap()
             .map(|kv| kv.json().unwrap())
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), t)
-                .await
-                .expect("control-api stops within 10 s")
-                .unwrap();
-        }
     }
 }
 

@@ -1,9 +1,10 @@
-//! The router, one module per area: `slb`, `builds`, `webhook` (GitLab), `ops` (health,
-//! metrics); `audit` holds what every write shares. Pools come later.
+//! The router, one module per area: `pools` (IPAM), `slb`, `builds`, `webhook` (GitLab), `ops`
+//! (health, metrics); `audit` holds what every write shares.
 
 pub mod audit;
 pub mod builds;
 pub mod ops;
+pub mod pools;
 pub mod slb;
 pub mod webhook;
 
@@ -33,6 +34,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(pools::routes())
         .merge(slb::routes())
         .merge(builds::routes())
         .merge(webhook::routes())

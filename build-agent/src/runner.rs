@@ -126,6 +126,9 @@ struct Run {
     dockerfile: PathBuf,
     context: PathBuf,
     image_ref: String,
+    /// The name the image is built under on this agent: per build, so that two builds of the
+    /// same image and tag at once never untag or remove each other's image.
+    local_ref: String,
     built: bool,
     /// Set just before the final write: the task key's deletion that follows is ours.
     ending: Arc<AtomicBool>,
@@ -170,6 +173,7 @@ pub async fn run_build(
         dockerfile: PathBuf::new(),
         context: PathBuf::new(),
         image_ref: String::new(),
+        local_ref: String::new(),
         built: false,
         ending,
     };
@@ -435,7 +439,7 @@ impl Run {
                 .tools
                 .buildah("buildah rmi")
                 .arg("rmi")
-                .arg(&self.image_ref);
+                .arg(&self.local_ref);
             process::run_quiet(&c, Duration::from_secs(60)).await;
         }
     }
@@ -635,6 +639,10 @@ impl Run {
         let req = &self.task.request;
         let tag = req.tag.clone().unwrap_or_else(|| self.commit.clone());
         self.image_ref = self.ctx.cfg.image_ref(&req.image, &tag);
+        self.local_ref = match self.ctx.cfg.image.builder {
+            Builder::Buildah => format!("localhost/cellplane-build/{}:latest", self.task.build),
+            Builder::Docker => self.image_ref.clone(),
+        };
         let labels = [
             format!("io.cellplane.build={}", self.task.build),
             format!("io.cellplane.commit={}", self.commit),
@@ -653,7 +661,7 @@ impl Run {
                 c.arg("--file")
                     .arg(&self.dockerfile)
                     .arg("--tag")
-                    .arg(&self.image_ref)
+                    .arg(&self.local_ref)
                     .arg("--")
                     .arg(&self.context)
             }
@@ -695,7 +703,7 @@ impl Run {
                 }
                 c = c
                     .arg("--")
-                    .arg(&self.image_ref)
+                    .arg(&self.local_ref)
                     .arg(format!("docker://{}", self.image_ref));
                 self.exec(&c).await?;
                 std::fs::read_to_string(&file)

@@ -182,8 +182,28 @@ async fn builds_through_the_control_api_and_the_gitlab_webhook() {
             assert!(st.duration_ms.is_some() && st.ok == Some(true), "{st:?}");
         }
     }
-    let digest = skopeo_digest(&env.registry.address(), "cpba/app", &commit, None);
-    assert_eq!(s2.digest.as_deref(), Some(digest.as_str()));
+    // both ran at once and pushed the same tag: it names the one pushed last, and each
+    // build's own manifest is in the registry under its digest
+    let tagged = skopeo_digest(&env.registry.address(), "cpba/app", &commit, None);
+    let d1 = s1.digest.clone().unwrap();
+    let d2 = s2.digest.clone().unwrap();
+    assert!(
+        tagged == d1 || tagged == d2,
+        "{tagged} is neither {d1} nor {d2}"
+    );
+    for d in [&d1, &d2] {
+        let out = std::process::Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+            .arg(format!("docker://{}/cpba/app@{d}", env.registry.address()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{d}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), d.as_str());
+    }
     let followed = follower.wait_end(T).await;
     let (_, direct) = get(format!("/v1/builds/{b1}/log")).await;
     assert!(followed.contains("push"), "{followed}");

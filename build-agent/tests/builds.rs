@@ -108,7 +108,7 @@ async fn same_repo_same_agent_and_image_pushed_with_commit_tag() {
     );
     // the local image goes right after the status is written
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while storage.images().contains("cpba/app") {
+    while storage.images().contains("cellplane-build/") || storage.images().contains("cpba/app") {
         assert!(
             std::time::Instant::now() < deadline,
             "pushed images not removed: {}",

@@ -423,6 +423,8 @@ async fn cancel_marks_the_task_and_refuses_finished_builds() {
 /// followed log sends "line 1", then waits for `release` before "line 2" and the end.
 struct FakeAgent {
     addr: SocketAddr,
+    /// The builds it has a log for (a test may add one later, as an agent taking a task).
+    builds: Arc<Mutex<Vec<String>>>,
     release: Arc<Notify>,
     requests: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -434,17 +436,19 @@ impl FakeAgent {
         let addr = listener.local_addr().unwrap();
         let release = Arc::new(Notify::new());
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (rel, reqs) = (release.clone(), requests.clone());
+        let builds = Arc::new(Mutex::new(builds));
+        let (rel, reqs, known) = (release.clone(), requests.clone(), builds.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     return;
                 };
-                tokio::spawn(Self::serve(conn, builds.clone(), rel.clone(), reqs.clone()));
+                tokio::spawn(Self::serve(conn, known.clone(), rel.clone(), reqs.clone()));
             }
         });
         FakeAgent {
             addr,
+            builds,
             release,
             requests,
             task,
@@ -457,7 +461,7 @@ impl FakeAgent {
 
     async fn serve(
         mut conn: TcpStream,
-        builds: Vec<String>,
+        builds: Arc<Mutex<Vec<String>>>,
         release: Arc<Notify>,
         requests: Arc<Mutex<Vec<String>>>,
     ) {
@@ -477,7 +481,8 @@ impl FakeAgent {
             .strip_prefix("/v1/builds/")
             .and_then(|r| r.strip_suffix("/log"))
             .unwrap_or("");
-        if !builds.iter().any(|b| b == build) {
+        let known = builds.lock().unwrap().iter().any(|b| b == build);
+        if !known {
             let body = r#"{"error":"build not found"}"#;
             let _ = conn
                 .write_all(
@@ -591,11 +596,37 @@ async fn log_is_streamed_from_the_agent_and_502_when_it_is_gone() {
         agent.requests.lock().unwrap()
     );
 
-    // the agent does not know the build: 404; unknown build: 404
+    // asked right after the submit, before the agent has taken the task: the request waits
+    // for the agent instead of answering 404
+    let asked = Instant::now();
+    let early = {
+        let (addr, path) = (api.addr, format!("/v1/builds/{other}/log"));
+        tokio::task::spawn_blocking(move || {
+            let h = [("Authorization", format!("Bearer {READER}"))];
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            cellplane_testkit::nginx::http_request(addr, "GET", "api", &path, &h, b"").unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.builds.lock().unwrap().push(other.clone());
+    let r = early.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "line 1\nline 2\n"));
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+
+    // an ended build the agent has no log for: 404 at once; unknown build: 404
+    let v = api
+        .submit(request("https://git.example.com/team/app.git"))
+        .await;
+    let ended = v["build"].as_str().unwrap().to_string();
+    let mut st = api.status(&ended).await;
+    st.state = BuildState::Failed;
+    assert!(dispatch::finish(&api.etcd, "a1", &st).await.unwrap());
+    let asked = Instant::now();
     let (status, v) = api
-        .call("GET", &format!("/v1/builds/{other}/log"), Some(READER), "")
+        .call("GET", &format!("/v1/builds/{ended}/log"), Some(READER), "")
         .await;
     assert_eq!(status, 404, "{v}");
+    assert!(asked.elapsed() < Duration::from_secs(2));
     let (status, _) = api
         .call("GET", "/v1/builds/b-unknown/log", Some(READER), "")
         .await;

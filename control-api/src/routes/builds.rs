@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -40,6 +41,8 @@ const CANCEL_ROUTE: &str = "/v1/builds/{build}/cancel";
 /// Builds listed when the request names no `limit`, and the most it may name.
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
+/// How long a log request for a queued build waits for its agent to have taken the task.
+const QUEUED_LOG_WAIT: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -375,7 +378,7 @@ async fn build_log(
         .ok_or_else(|| ApiError::NotFound {
             what: format!("build {build}"),
         })?;
-    let agent = status.agent;
+    let agent = status.agent.clone();
     let Some((record, _)) = s
         .etcd
         .get_json::<AgentRecord>(&s.etcd.keys().build_agent(&agent))
@@ -392,9 +395,22 @@ async fn build_log(
         record.endpoint.trim_end_matches('/'),
         if follow { "?follow=true" } else { "" }
     );
-    let upstream = s.agents.get(&url).await.map_err(|e| ApiError::BadGateway {
-        reason: format!("agent {agent} did not answer for the log of build {build}: {e}"),
-    })?;
+    let fetch = || async {
+        s.agents.get(&url).await.map_err(|e| ApiError::BadGateway {
+            reason: format!("agent {agent} did not answer for the log of build {build}: {e}"),
+        })
+    };
+    let mut upstream = fetch().await?;
+    // Just submitted: the agent opens the log when its watch brings it the task, a few ms
+    // after the submit. Asking right after submitting must not be a 404.
+    let waiting_since = Instant::now();
+    while upstream.status() == StatusCode::NOT_FOUND
+        && status.state == BuildState::Queued
+        && waiting_since.elapsed() < QUEUED_LOG_WAIT
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        upstream = fetch().await?;
+    }
     match upstream.status() {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => {

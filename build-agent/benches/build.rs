@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use cellplane_build::{BuildState, BuildStatus};
 use cellplane_etcd::{watch_prefix, WatchStream, WatchUpdate};
+use cellplane_testkit::bench::{percentile, write_report};
 use common::*;
 
 const DISPATCH_N: usize = 40;
@@ -52,11 +53,6 @@ async fn seen(
             }
         }
     }
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn steps(s: &BuildStatus) -> BTreeMap<String, u64> {
@@ -124,8 +120,8 @@ async fn main() {
         builds.push((at.duration_since(t0).as_secs_f64() * 1000.0, s));
     }
     let out = serde_json::json!({
-        "dispatch_p50_ms": (pct(&lat, 0.50) * 100.0).round() / 100.0,
-        "dispatch_p99_ms": (pct(&lat, 0.99) * 100.0).round() / 100.0,
+        "dispatch_p50_ms": (percentile(&lat, 0.50) * 100.0).round() / 100.0,
+        "dispatch_p99_ms": (percentile(&lat, 0.99) * 100.0).round() / 100.0,
         "dispatch_max_ms": (lat[lat.len() - 1] * 100.0).round() / 100.0,
         "dispatch_n": lat.len(),
         "cold_build_ms": builds[0].0.round(),
@@ -136,15 +132,6 @@ async fn main() {
         "warm_compile": builds[1].1.steps.iter().find(|s| s.name == "compile").and_then(|s| s.message.clone()),
         "dependencies": DEPS,
     });
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("bench");
-    std::fs::create_dir_all(&dir).expect("target/bench");
-    let path = dir.join("build.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json"))
-        .expect("write bench json");
-    println!("{}", serde_json::to_string_pretty(&out).expect("json"));
-    println!("wrote {}", path.display());
+    write_report("build", &out);
     drop(agent);
 }

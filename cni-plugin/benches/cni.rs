@@ -12,20 +12,14 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use cellplane_testkit::bench::{bench_dir, percentile, write_report};
 use cellplane_testkit::netns::unique_name;
 use common::*;
 use serde_json::{json, Value};
 
 const REF_DIR: &str = "/usr/lib/cni";
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -98,15 +92,6 @@ fn child_running(pid: i32) -> bool {
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
-}
-
-fn target_dir() -> PathBuf {
-    // BIN is target/<profile>/cellplane
-    PathBuf::from(BIN)
-        .parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -189,7 +174,7 @@ async fn main() {
         line[i..].split_whitespace().next()?.parse().ok()
     };
     let p50_of = |marker: &str, key: &str| -> Value {
-        let mut v: Vec<f64> = log
+        let v: Vec<f64> = log
             .lines()
             .filter(|l| l.contains(marker))
             .filter_map(|l| field(l, key))
@@ -197,7 +182,7 @@ async fn main() {
         if v.is_empty() {
             Value::Null
         } else {
-            json!(pct(&mut v, 0.5))
+            json!(percentile(&v, 0.5))
         }
     };
     let breakdown = json!({
@@ -217,20 +202,15 @@ async fn main() {
     }
     let report = json!({
         "n": n,
-        "add_p50_ms": pct(&mut add.clone(), 0.5), "add_p99_ms": pct(&mut add.clone(), 0.99),
-        "del_p50_ms": pct(&mut del.clone(), 0.5), "del_p99_ms": pct(&mut del.clone(), 0.99),
-        "del_veth_deleted_after_answer_p50_ms": pct(&mut veth_gone.clone(), 0.5),
-        "ref_add_p50_ms": pct(&mut radd.clone(), 0.5), "ref_add_p99_ms": pct(&mut radd.clone(), 0.99),
-        "ref_del_p50_ms": pct(&mut rdel.clone(), 0.5), "ref_del_p99_ms": pct(&mut rdel.clone(), 0.99),
-        "add_in_process_p50_ms": if total.is_empty() { Value::Null } else { json!(pct(&mut total, 0.5)) },
-        "add_lock_and_ipam_p50_ms": if alloc.is_empty() { Value::Null } else { json!(pct(&mut alloc, 0.5)) },
+        "add_p50_ms": percentile(&add, 0.5), "add_p99_ms": percentile(&add, 0.99),
+        "del_p50_ms": percentile(&del, 0.5), "del_p99_ms": percentile(&del, 0.99),
+        "del_veth_deleted_after_answer_p50_ms": percentile(&veth_gone, 0.5),
+        "ref_add_p50_ms": percentile(&radd, 0.5), "ref_add_p99_ms": percentile(&radd, 0.99),
+        "ref_del_p50_ms": percentile(&rdel, 0.5), "ref_del_p99_ms": percentile(&rdel, 0.99),
+        "add_in_process_p50_ms": if total.is_empty() { Value::Null } else { json!(percentile(&total, 0.5)) },
+        "add_lock_and_ipam_p50_ms": if alloc.is_empty() { Value::Null } else { json!(percentile(&alloc, 0.5)) },
         "p50_breakdown_ms": breakdown,
     });
-    let dir = target_dir().join("bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    let _ = std::fs::write(dir.join("cni-plugin.log"), &log);
-    let path = dir.join("cni.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
-    println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    println!("written to {}", path.display());
+    let _ = std::fs::write(bench_dir().join("cni-plugin.log"), &log);
+    write_report("cni", &report);
 }

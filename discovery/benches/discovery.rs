@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use cellplane_testkit::bench::{percentile, write_report};
 use cellplane_testkit::kube::FakeKube;
 use cellplane_testkit::nginx::{http_get, require_nginx, Backend};
 use common::*;
@@ -15,14 +16,6 @@ use common::*;
 const DOMAIN: &str = "bench.example.com";
 const CHANGES: usize = 60;
 const AGENT_DEBOUNCE_MS: u64 = 10;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn main() {
     if !require_nginx() {
@@ -89,8 +82,8 @@ async fn bench() {
 
     ms.sort_by(f64::total_cmp);
     let out = serde_json::json!({
-        "e2e_p50_ms": percentile(&ms, 50.0),
-        "e2e_p99_ms": percentile(&ms, 99.0),
+        "e2e_p50_ms": percentile(&ms, 0.50),
+        "e2e_p99_ms": percentile(&ms, 0.99),
         "e2e_max_ms": ms.last().copied().unwrap_or(f64::NAN),
         "changes": ms.len(),
         "errors_while_polling": errors,
@@ -98,13 +91,5 @@ async fn bench() {
         "agent_debounce_ms": AGENT_DEBOUNCE_MS,
         "pushes_observed": lag_count,
     });
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("bench");
-    std::fs::create_dir_all(&dir).expect("target/bench");
-    let path = dir.join("discovery.json");
-    let text = serde_json::to_string_pretty(&out).expect("json");
-    std::fs::write(&path, &text).expect("write bench json");
-    println!("{text}");
+    write_report("discovery", &out);
 }

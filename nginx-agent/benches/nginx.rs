@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cellplane_slb::Header;
+use cellplane_testkit::bench::{percentile, write_report};
 use cellplane_testkit::nginx::{http_get, require_nginx, run_wrk, Backend};
 use common::Harness;
 
@@ -17,14 +18,6 @@ const RELOAD_CHANGES: usize = 30;
 const DEBOUNCE_MS: u64 = 100;
 /// wrk connections (one thread each, up to 2): a steady load that leaves a core for etcd and the agent.
 const LOAD_CONNECTIONS: u32 = 1;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 /// Polls until `ok(response)`; counts non-200 answers and failed connections as errors.
 fn poll_until(
@@ -141,10 +134,10 @@ async fn bench() {
     dyn_ms.sort_by(f64::total_cmp);
     reload_ms.sort_by(f64::total_cmp);
     let out = serde_json::json!({
-        "dyn_p50_ms": percentile(&dyn_ms, 50.0),
-        "dyn_p99_ms": percentile(&dyn_ms, 99.0),
-        "reload_p50_ms": percentile(&reload_ms, 50.0),
-        "reload_p99_ms": percentile(&reload_ms, 99.0),
+        "dyn_p50_ms": percentile(&dyn_ms, 0.50),
+        "dyn_p99_ms": percentile(&dyn_ms, 0.99),
+        "reload_p50_ms": percentile(&reload_ms, 0.50),
+        "reload_p99_ms": percentile(&reload_ms, 0.99),
         "errors_during_dyn": errors_during_dyn,
         "errors_during_reload": errors_during_reload,
         "dyn_changes": dyn_ms.len(),
@@ -154,14 +147,5 @@ async fn bench() {
         "dyn_load_requests": dyn_load_requests,
         "reload_load_requests": reload_load_requests,
     });
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("bench");
-    std::fs::create_dir_all(&dir).expect("target/bench");
-    let path = dir.join("nginx.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json"))
-        .expect("write bench json");
-    println!("{}", serde_json::to_string_pretty(&out).expect("json"));
-    println!("wrote {}", path.display());
+    write_report("nginx", &out);
 }

@@ -4,11 +4,11 @@
 //! - single node, sequential: each allocation under the host lock, as the CNI plugin does;
 //! - 8 nodes concurrently, each node's allocations serialised by its own host lock.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cellplane_core::{PodRef, PoolSpec, PoolState};
 use cellplane_etcd::{AllocRequest, Etcd, EtcdConfig, HostLock, Ipam, IpamOptions};
+use cellplane_testkit::bench::{percentile, write_report};
 use cellplane_testkit::etcd::EtcdServer;
 
 const SEQ: usize = 500;
@@ -27,10 +27,9 @@ fn req(cid: String, node: &str) -> AllocRequest {
     }
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    (v[i] * 1000.0).round() / 1000.0
+/// A percentile in ms, rounded to the microsecond.
+fn pct(v: &[f64], p: f64) -> f64 {
+    (percentile(v, p) * 1000.0).round() / 1000.0
 }
 
 fn ms(d: Duration) -> f64 {
@@ -123,16 +122,16 @@ async fn main() {
 
     let single = serde_json::json!({
         "allocs_per_sec": seq_rate.round(),
-        "alloc_p50_ms": pct(&mut alloc, 0.50),
-        "alloc_p99_ms": pct(&mut alloc, 0.99),
-        "release_p50_ms": pct(&mut release, 0.50),
-        "release_p99_ms": pct(&mut release, 0.99),
+        "alloc_p50_ms": pct(&alloc, 0.50),
+        "alloc_p99_ms": pct(&alloc, 0.99),
+        "release_p50_ms": pct(&release, 0.50),
+        "release_p99_ms": pct(&release, 0.99),
         "n": SEQ,
     });
     let eight = serde_json::json!({
         "allocs_per_sec": conc_rate.round(),
-        "alloc_p50_ms": pct(&mut conc, 0.50),
-        "alloc_p99_ms": pct(&mut conc, 0.99),
+        "alloc_p50_ms": pct(&conc, 0.50),
+        "alloc_p99_ms": pct(&conc, 0.99),
         "n": NODES * PER_NODE,
     });
     let out = serde_json::json!({
@@ -144,13 +143,5 @@ async fn main() {
         "eight_nodes_concurrent": eight,
         "etcd": "3.4, single member on loopback, data dir on tmpfs",
     });
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let dir = target.join("bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = serde_json::to_string_pretty(&out).unwrap();
-    std::fs::write(dir.join("ipam.json"), &text).unwrap();
-    println!("{text}");
+    write_report("ipam", &out);
 }

@@ -1,6 +1,7 @@
 //! Test fixtures over real components. Every fixture picks its own free loopback ports, uses
 //! names with a unique prefix, and removes what it created on drop (also when a test panics).
 
+pub mod bench;
 pub mod etcd;
 #[cfg(feature = "kube")]
 pub mod kube;
